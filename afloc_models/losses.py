@@ -1,0 +1,133 @@
+"""AFLoc's contrastive losses.
+
+- :func:`global_loss`: symmetric InfoNCE between global image and report embeddings.
+- :func:`local_loss`: the attention-based local loss of GLoRIA, which AFLoc applies twice
+  (words <-> shallow features, sentences <-> deep features).
+
+The local loss scores every (image, text) pair of the batch. Materialising all pairs at once
+costs ``B * B * N * L`` attention weights per intermediate (tens of GiB at the publication's
+batch of 128), so the score matrix is built in chunks of image rows, each chunk under
+activation checkpointing: the forward keeps only the ``[chunk, B]`` scores and the backward
+recomputes one chunk at a time. No Python loop runs over batch items inside a chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+_EPS = 1e-8
+
+
+def global_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, temp3: float = 10.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE on cosine similarity.
+
+    Args:
+        image_emb: ``[B, D]`` global image embeddings.
+        text_emb: ``[B, D]`` report embeddings; row i pairs with image i.
+        temp3: scale applied to the cosine similarities.
+
+    Returns:
+        ``(loss_i2t, loss_t2i)``: mean cross entropies, images over texts and texts over images.
+    """
+    if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
+        raise ValueError(f"expected matching [B, D] inputs, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+    scores = temp3 * cosine_matrix(image_emb, text_emb)  # [B, B]
+    labels = torch.arange(scores.shape[0], device=scores.device)
+    return F.cross_entropy(scores, labels), F.cross_entropy(scores.t(), labels)
+
+
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every row of ``a`` ``[N, D]`` with every row of ``b`` ``[M, D]`` -> ``[N, M]``."""
+    norms = a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True).t()
+    return (a @ b.t()) / norms.clamp(min=_EPS)
+
+
+def local_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    lengths: torch.Tensor,
+    temp1: float = 4.0,
+    temp2: float = 5.0,
+    temp3: float = 10.0,
+    chunk_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention-based local contrastive loss over all (image, text) pairs.
+
+    For image i and text j, each valid word attends over the regions of image i; the word is
+    compared (cosine) with its attended context, and the comparisons are aggregated into one
+    score ``S[i, j]``. Cross entropy over rows and columns of ``S`` gives the two losses.
+
+    Args:
+        image_features: ``[B, D, H, W]`` local image features.
+        text_features: ``[B, D, L]`` word (or sentence) features, padded beyond ``lengths``.
+        lengths: ``[B]`` valid positions per text, each >= 1.
+        temp1: sharpens the attention over regions.
+        temp2: sharpness of the log-sum-exp over words.
+        temp3: scale of the score matrix.
+        chunk_size: image rows of ``S`` computed (and recomputed in backward) at once; 0 = all
+            at once without checkpointing.
+
+    Returns:
+        ``(loss_i2t, loss_t2i)``.
+    """
+    scores = local_score_matrix(image_features, text_features, lengths, temp1, temp2, chunk_size) * temp3
+    labels = torch.arange(scores.shape[0], device=scores.device)
+    return F.cross_entropy(scores, labels), F.cross_entropy(scores.t(), labels)
+
+
+def local_score_matrix(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    lengths: torch.Tensor,
+    temp1: float = 4.0,
+    temp2: float = 5.0,
+    chunk_size: int = 16,
+) -> torch.Tensor:
+    """Unscaled local scores ``S`` ``[B_img, B_txt]`` (see :func:`local_loss`)."""
+    if image_features.ndim != 4 or text_features.ndim != 3:
+        raise ValueError(
+            f"expected image [B, D, H, W] and text [B, D, L], got {tuple(image_features.shape)} "
+            f"and {tuple(text_features.shape)}"
+        )
+    if image_features.shape[1] != text_features.shape[1]:
+        raise ValueError(f"feature widths differ: {image_features.shape[1]} vs {text_features.shape[1]}")
+    if bool((lengths < 1).any()):
+        raise ValueError("every text needs at least one valid position")
+    regions = image_features.flatten(2)  # [Bi, D, N]
+    positions = torch.arange(text_features.shape[2], device=text_features.device)
+    valid = positions.unsqueeze(0) < lengths.to(text_features.device).unsqueeze(1)  # [Bt, L]
+    if chunk_size <= 0 or chunk_size >= regions.shape[0]:
+        return _chunk_scores(regions, text_features, valid, temp1, temp2)
+    rows = []
+    for start in range(0, regions.shape[0], chunk_size):
+        chunk = regions[start : start + chunk_size]
+        if torch.is_grad_enabled() and (chunk.requires_grad or text_features.requires_grad):
+            rows.append(
+                checkpoint(_chunk_scores, chunk, text_features, valid, temp1, temp2, use_reentrant=False)
+            )
+        else:
+            rows.append(_chunk_scores(chunk, text_features, valid, temp1, temp2))
+    return torch.cat(rows, dim=0)
+
+
+def _chunk_scores(
+    regions: torch.Tensor, texts: torch.Tensor, valid: torch.Tensor, temp1: float, temp2: float
+) -> torch.Tensor:
+    """Scores of image rows ``regions`` ``[C, D, N]`` against all texts ``[Bt, D, L]`` -> ``[C, Bt]``."""
+    # Region-word dot products for every pair: [C, Bt, L, N].
+    sim = torch.einsum("cdn,tdl->ctln", regions, texts)
+    # Each region's attention over the valid words of the text.
+    sim = sim.masked_fill(~valid[None, :, :, None], float("-inf"))
+    attn = torch.softmax(sim, dim=2)
+    # Then each word's attention over regions, sharpened by temp1.
+    attn = torch.softmax(attn * temp1, dim=3)  # [C, Bt, L, N]
+    context = torch.einsum("ctln,cdn->ctdl", attn, regions)  # [C, Bt, D, L]
+    cos = (context * texts.unsqueeze(0)).sum(dim=2) / (
+        context.norm(dim=2) * texts.norm(dim=1).unsqueeze(0)
+    ).clamp(min=_EPS)  # [C, Bt, L]
+    cos = (temp2 * cos).masked_fill(~valid.unsqueeze(0), float("-inf"))
+    return torch.logsumexp(cos, dim=2)

@@ -1,0 +1,206 @@
+"""The AFLoc model: image encoder + text encoder + multilevel contrastive objective.
+
+Checkpoints are one folder::
+
+    checkpoint/
+      config.yaml          # AFLocConfig
+      model.safetensors    # every weight (image encoder, text encoder, projections)
+      text_encoder/        # the text model's config.json and tokenizer files (no weights)
+      meta.json            # format version, model version string, training summary
+
+``save_pretrained`` writes to a temporary sibling folder and renames it into place, so a
+crash never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from afloc_models.config import AFLocConfig, load_config
+from afloc_models.errors import CheckpointError
+from afloc_models.image_encoder import ImageEncoder, ImageFeatures
+from afloc_models.losses import global_loss, local_loss
+from afloc_models.text_encoder import TextEncoder, TextFeatures, resolve_model_path
+from afloc_models.tokenization import ReportInput, TokenizedReports
+
+CHECKPOINT_FORMAT = "afloc-checkpoint/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+TEXT_DIR = "text_encoder"
+
+
+@dataclass
+class AFLocLosses:
+    """Loss terms of one step; ``total`` is the weighted sum that is optimised."""
+
+    total: torch.Tensor
+    word: torch.Tensor
+    sentence: torch.Tensor
+    global_: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {
+            "loss": float(self.total.detach()),
+            "loss_word": float(self.word.detach()),
+            "loss_sentence": float(self.sentence.detach()),
+            "loss_global": float(self.global_.detach()),
+        }
+
+
+class AFLoc(nn.Module):
+    """AFLoc image-text model.
+
+    Args:
+        config: an :class:`AFLocConfig`, a preset name or a YAML path.
+        text_folder: load the text encoder from here instead of ``config.text.model_path``.
+        text_random_init: build the text architecture without loading its weights.
+    """
+
+    def __init__(
+        self,
+        config: Union[AFLocConfig, str, None] = None,
+        text_folder: Optional[Path] = None,
+        text_random_init: Optional[bool] = None,
+    ):
+        super().__init__()
+        self.config = load_config(config)
+        self.image_encoder = ImageEncoder(self.config.image, self.config.embed_dim)
+        self.text_encoder = TextEncoder(
+            self.config.text, self.config.embed_dim, folder=text_folder, random_init=text_random_init
+        )
+        self.meta: dict[str, Any] = {}
+
+    @property
+    def tokenizer(self):
+        return self.text_encoder.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def tokenize(self, reports: Sequence[ReportInput]) -> TokenizedReports:
+        """Reports (lists of sentences) or prompts (strings) -> tensors on the model's device."""
+        return self.tokenizer(reports).to(self.device)
+
+    def encode_image(self, images: torch.Tensor) -> ImageFeatures:
+        """``[B, C, H, W]`` normalised images -> :class:`ImageFeatures`."""
+        return self.image_encoder(images)
+
+    def encode_text(self, tokens: TokenizedReports) -> TextFeatures:
+        return self.text_encoder(tokens)
+
+    def forward(self, images: torch.Tensor, tokens: TokenizedReports) -> AFLocLosses:
+        """Loss of a batch of paired images ``[B, C, H, W]`` and reports."""
+        return self.compute_loss(self.encode_image(images), self.encode_text(tokens))
+
+    def compute_loss(self, image: ImageFeatures, text: TextFeatures) -> AFLocLosses:
+        """Multilevel loss from already-encoded features (e.g. gathered across ranks)."""
+        cfg = self.config.loss
+        temps = dict(temp1=cfg.temp1, temp2=cfg.temp2, temp3=cfg.temp3, chunk_size=cfg.local_chunk_size)
+        word_i2t, word_t2i = local_loss(image.shallow, text.words, text.n_words, **temps)
+        sent_i2t, sent_t2i = local_loss(image.deep, text.sentences, text.n_sentences, **temps)
+        glob_i2t, glob_t2i = global_loss(image.global_, text.report, temp3=cfg.temp3)
+        word, sentence, glob = word_i2t + word_t2i, sent_i2t + sent_t2i, glob_i2t + glob_t2i
+        total = cfg.weight_word * word + cfg.weight_sentence * sentence + cfg.weight_global * glob
+        return AFLocLosses(total=total, word=word, sentence=sentence, global_=glob)
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_pretrained(self, directory: Union[str, Path], meta: Optional[dict[str, Any]] = None) -> Path:
+        """Write the checkpoint folder atomically (temp folder + rename); returns its path."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory).resolve()
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.config.to_yaml(staging / CONFIG_FILE)
+            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+            text_dir = staging / TEXT_DIR
+            self.text_encoder.model.config.save_pretrained(str(text_dir))
+            self.text_encoder.tokenizer.hf_tokenizer.save_pretrained(str(text_dir))
+            info = {
+                "format": CHECKPOINT_FORMAT,
+                "version": self.meta.get("version") or time.strftime("%Y%m%d-%H%M%S"),
+                **self.meta,
+                **(meta or {}),
+            }
+            (staging / META_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+            _replace_dir(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.meta = info
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> "AFLoc":
+        """Load a folder written by :meth:`save_pretrained`."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint folder '{directory}' does not exist")
+        for name in (CONFIG_FILE, WEIGHTS_FILE, TEXT_DIR):
+            if not (directory / name).exists():
+                raise CheckpointError(f"'{directory}' is not an AFLoc checkpoint: '{name}' is missing")
+        config = AFLocConfig.from_yaml(directory / CONFIG_FILE)
+        model = cls(config, text_folder=directory / TEXT_DIR, text_random_init=True)
+        try:
+            state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise CheckpointError(f"weights in '{directory / WEIGHTS_FILE}' are unreadable: {exc}") from None
+        load_exact(model, state, source=str(directory / WEIGHTS_FILE))
+        meta_path = directory / META_FILE
+        model.meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        return model.to(map_location)
+
+
+def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped key in its error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10} more)" if len(keys) > 10 else "")
+            problems.append(f"{len(keys)} {label}: {shown}")
+    if problems:
+        raise CheckpointError(f"weights in '{source}' do not fit this model: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move ``staging`` to ``target``, replacing an existing folder with a near-atomic swap."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def default_text_model_folder() -> Path:
+    """The installed MiniLM folder (the default offline text encoder)."""
+    from afloc_models.config import DEFAULT_TEXT_MODEL
+
+    return resolve_model_path(DEFAULT_TEXT_MODEL)

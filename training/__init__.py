@@ -1,0 +1,1 @@
+"""Training AFLoc from image-report pairs: data sources, report parsing, phantoms, trainer, CLI."""
