@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -116,8 +116,17 @@ class AFLoc(nn.Module):
         return AFLocLosses(total=total, word=word, sentence=sentence, global_=glob)
 
     # ----------------------------------------------------------------- checkpoints
-    def save_pretrained(self, directory: Union[str, Path], meta: Optional[dict[str, Any]] = None) -> Path:
-        """Write the checkpoint folder atomically (temp folder + rename); returns its path."""
+    def save_pretrained(
+        self,
+        directory: Union[str, Path],
+        meta: Optional[dict[str, Any]] = None,
+        extra_writer: Optional[Callable[[Path], None]] = None,
+    ) -> Path:
+        """Write the checkpoint folder atomically (temp folder + rename); returns its path.
+
+        ``extra_writer(staging_dir)`` may add files (e.g. a trainer's resume state) that then
+        appear together with the weights in one rename.
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory).resolve()
@@ -137,6 +146,8 @@ class AFLoc(nn.Module):
                 **(meta or {}),
             }
             (staging / META_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+            if extra_writer is not None:
+                extra_writer(staging)
             _replace_dir(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
