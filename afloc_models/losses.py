@@ -117,17 +117,21 @@ def local_score_matrix(
 def _chunk_scores(
     regions: torch.Tensor, texts: torch.Tensor, valid: torch.Tensor, temp1: float, temp2: float
 ) -> torch.Tensor:
-    """Scores of image rows ``regions`` ``[C, D, N]`` against all texts ``[Bt, D, L]`` -> ``[C, Bt]``."""
-    # Region-word dot products for every pair: [C, Bt, L, N].
-    sim = torch.einsum("cdn,tdl->ctln", regions, texts)
-    # Each region's attention over the valid words of the text.
-    sim = sim.masked_fill(~valid[None, :, :, None], float("-inf"))
-    attn = torch.softmax(sim, dim=2)
-    # Then each word's attention over regions, sharpened by temp1.
-    attn = torch.softmax(attn * temp1, dim=3)  # [C, Bt, L, N]
-    context = torch.einsum("ctln,cdn->ctdl", attn, regions)  # [C, Bt, D, L]
-    cos = (context * texts.unsqueeze(0)).sum(dim=2) / (
-        context.norm(dim=2) * texts.norm(dim=1).unsqueeze(0)
-    ).clamp(min=_EPS)  # [C, Bt, L]
-    cos = (temp2 * cos).masked_fill(~valid.unsqueeze(0), float("-inf"))
+    """Scores of image rows ``regions`` ``[C, D, N]`` against all texts ``[Bt, D, L]`` -> ``[C, Bt]``.
+
+    Intermediates are laid out ``[C, N, Bt, L]`` / ``[C, D, Bt, L]``: exactly what the two
+    matrix products produce, so no permuted copies of the large tensors are made.
+    """
+    c, d, n = regions.shape
+    t, _, l = texts.shape
+    texts_dtl = texts.permute(1, 0, 2)  # [D, Bt, L]
+    # Region-word dot products for every pair, one GEMM: [C, N, Bt, L].
+    sim = (regions.transpose(1, 2).reshape(c * n, d) @ texts_dtl.reshape(d, t * l)).view(c, n, t, l)
+    # Each region's attention over the valid words of the text ...
+    attn = torch.softmax(sim.masked_fill(~valid[None, None], float("-inf")), dim=3)
+    # ... then each word's attention over regions, sharpened by temp1.
+    attn = torch.softmax(attn * temp1, dim=1)
+    context = torch.bmm(regions, attn.reshape(c, n, t * l)).view(c, d, t, l)  # [C, D, Bt, L]
+    cos = (context * texts_dtl).sum(dim=1) / (context.norm(dim=1) * texts_dtl.norm(dim=0)).clamp(min=_EPS)
+    cos = (temp2 * cos).masked_fill(~valid.unsqueeze(0), float("-inf"))  # [C, Bt, L]
     return torch.logsumexp(cos, dim=2)
