@@ -19,14 +19,19 @@ from afloc_models.model import AFLoc, AFLocLosses
 from afloc_models.tokenization import TokenizedReports
 
 
-def merge_words_token_loop(token_emb: torch.Tensor, tokens: TokenizedReports, pieces: list[list[str]]):
-    """Per-token loop: ``[B, T, H]`` -> words ``[B, W, H]`` (sub-words summed), like the published code."""
-    batch, _, hidden = token_emb.shape
+def merge_words_token_loop(token_emb: torch.Tensor, tokens: TokenizedReports, id_to_piece: dict[int, str]):
+    """Per-token loop: ``[B, T, H]`` -> words ``[B, W, H]`` (sub-words summed), like the published code.
+
+    Each token id is read with ``.item()`` from the device tensor, as the published code does, so
+    on a GPU every token costs a host-device synchronisation.
+    """
+    batch, length, hidden = token_emb.shape
     width = int(tokens.word_sentence.shape[1])
     out = []
     for b in range(batch):
         words, bank = [], []
-        for t, piece in enumerate(pieces[b]):
+        for t in range(length):
+            piece = id_to_piece[tokens.input_ids[b, t].item()]
             if piece in ("[CLS]", "[PAD]"):
                 continue
             if piece == "[SEP]":
@@ -71,11 +76,11 @@ def published_step_loss(model: AFLoc, images: torch.Tensor, tokens: TokenizedRep
 
     cfg = model.config.loss
     enc = model.text_encoder
-    pieces = [enc.tokenizer.hf_tokenizer.convert_ids_to_tokens(row) for row in tokens.input_ids.tolist()]
+    id_to_piece = {i: p for p, i in enc.tokenizer.hf_tokenizer.get_vocab().items()}
     # The published loop recognises words by "##" pieces; ours come from the tokenizer's word ids.
     # They agree for BERT WordPiece on whitespace-split words, which the benchmark uses.
     token_emb = enc.token_embeddings(tokens)
-    words = merge_words_token_loop(token_emb, tokens, pieces)
+    words = merge_words_token_loop(token_emb, tokens, id_to_piece)
     sentences = pool_sentences(words, tokens.word_sentence, int(tokens.n_sentences.max()))
     report = masked_mean(words, tokens.word_sentence >= 0)
     words_d = enc.word_proj(words).transpose(1, 2)
