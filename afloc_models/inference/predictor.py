@@ -1,0 +1,757 @@
+"""``AFLocPredictor``: text-prompted localization and zero-shot classification on one or many images.
+
+Typical use::
+
+    predictor = AFLocPredictor.load("checkpoints/afloc")
+    result = predictor.localize("chest.dcm", ["left pleural effusion", "cardiomegaly"])
+    result["left pleural effusion"].mask      # bool [H, W] on the DICOM's own pixel grid
+    predictor.classify("chest.dcm", ["pneumothorax"])   # {"pneumothorax": 0.08}
+
+Images are letterboxed to the model's input square (the whole image stays visible), so maps
+come back on the original pixel grid exactly (see :mod:`afloc_models.inference.heatmap`).
+
+Prompts are normalised like report sentences in training (lowercase ASCII words and numbers,
+punctuation dropped). A prompt that is empty after that raises :class:`PromptError`, and so does
+one longer than :data:`MAX_PROMPT_CHARS` characters; a shorter prompt that still exceeds the
+text encoder's token budget is cut at a word boundary with a :class:`PromptTruncatedWarning`.
+
+Negation: a prompt that starts with a negation ("no pleural effusion", "there is no
+pneumothorax", "without ...") is flagged ``negated``. A region cannot show an absence, so its
+heatmap is the map of the finding it negates and its mask and boxes are empty; its
+``probability`` is the probability that the finding is absent.
+
+Caching: encoded images live in a bounded LRU cache keyed by a hash of the model-input pixels
+and the preprocessing settings, encoded prompts in another keyed by their normalised text, and
+files are remembered by (path, size, modification time) so a second prompt on the same file
+skips decoding it. All caches are thread-safe; the model is only read, never modified, so
+several threads may call one predictor at once.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from afloc_models.errors import ConfigError, EmptyReportError, ImageReadError, PromptError
+from afloc_models.imaging import (
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    MIN_IMAGE_SIDE,
+    Letterbox,
+    LoadedImage,
+    letterbox,
+    read_image,
+    to_grayscale,
+)
+from afloc_models.inference.cache import LRUCache, array_key
+from afloc_models.inference.heatmap import (
+    Box,
+    HeatmapSettings,
+    check_level,
+    check_threshold,
+    deep_similarity,
+    mask_boxes,
+    render_heatmaps,
+    shallow_similarity,
+    threshold_mask,
+)
+from afloc_models.model import AFLoc
+
+__all__ = [
+    "MAX_PROMPT_CHARS",
+    "AFLocPredictor",
+    "EncoderCounts",
+    "ImageInput",
+    "Localization",
+    "PromptResult",
+    "PromptTruncatedWarning",
+    "counterpart",
+    "is_negated",
+    "normalize_prompt",
+]
+
+#: Prompts longer than this (in characters, before normalisation) raise :class:`PromptError`.
+#: A prompt names a finding; 1,000 characters is several times the 97-token budget.
+MAX_PROMPT_CHARS = 1000
+
+#: An image given as an array ``[H, W]`` / ``[H, W, 3]``, a file path, or an already read image.
+ImageInput = Union[np.ndarray, str, Path, LoadedImage]
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt exceeded the text encoder's token budget and lost its last words."""
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptResult:
+    """Localization of one prompt on one image.
+
+    Attributes:
+        prompt: the prompt as given (surrounding whitespace removed).
+        heatmap: float32 ``[H, W]`` in ``[-1, 1]`` on the original pixel grid.
+        mask: bool ``[H, W]``, ``heatmap >= threshold`` (empty for a negated prompt).
+        boxes: connected components of ``mask``, highest score first.
+        score: cosine similarity of the global image and prompt embeddings.
+        probability: zero-shot probability that the prompt's statement holds (prompt vs its
+            negated / un-negated counterpart, softmax over ``temp3``-scaled global similarities);
+            ``None`` when the call asked for no probabilities.
+        negated: the prompt states an absence ("no pleural effusion").
+        threshold: the threshold the mask was cut at.
+        level: ``deep``, ``shallow`` or ``fused``.
+    """
+
+    prompt: str
+    heatmap: np.ndarray
+    mask: np.ndarray
+    boxes: list[Box]
+    score: float
+    probability: Optional[float]
+    negated: bool
+    threshold: float
+    level: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary without the arrays."""
+        return {
+            "prompt": self.prompt,
+            "score": self.score,
+            "probability": self.probability,
+            "negated": self.negated,
+            "threshold": self.threshold,
+            "level": self.level,
+            "mask_pixels": int(self.mask.sum()),
+            "boxes": [b.to_dict() for b in self.boxes],
+        }
+
+
+@dataclass
+class Localization:
+    """All prompts' results on one image.
+
+    Attributes:
+        image_shape: ``(H, W)`` of the original image (the grid of every heatmap and mask).
+        spacing: ``(row, column)`` pixel spacing in mm, or ``None`` when unknown.
+        model_version: the checkpoint's ``meta["version"]``.
+        results: one :class:`PromptResult` per prompt, in the order given.
+    """
+
+    image_shape: tuple[int, int]
+    spacing: Optional[tuple[float, float]]
+    model_version: str
+    results: list[PromptResult] = field(default_factory=list)
+
+    def __getitem__(self, key: Union[int, str]) -> PromptResult:
+        """A result by position or by prompt text (first match)."""
+        if isinstance(key, int):
+            return self.results[key]
+        for result in self.results:
+            if result.prompt == key or result.prompt == str(key).strip():
+                return result
+        raise KeyError(f"no result for prompt {key!r} (prompts: {[r.prompt for r in self.results]})")
+
+    def __iter__(self) -> Iterator[PromptResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [r.prompt for r in self.results]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_shape": list(self.image_shape),
+            "spacing": list(self.spacing) if self.spacing else None,
+            "model_version": self.model_version,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclass(frozen=True)
+class EncoderCounts:
+    """How often the encoders ran: forward calls and items encoded."""
+
+    image_calls: int = 0
+    images: int = 0
+    text_calls: int = 0
+    texts: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt text
+# --------------------------------------------------------------------------------------------
+
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+_NON_WORD = re.compile(r"[^a-z0-9\x01]+")
+# Negation cues at the start of a prompt; group "lead" keeps "there is" for the counterpart.
+_NEGATION = re.compile(
+    r"^(?P<lead>there (?:is|are) )?"
+    r"(?:no evidence of|negative for|absence of|free of|without|no|not|none of)\s+(?P<rest>.+)$"
+)
+_THERE_IS = re.compile(r"^(?P<lead>there (?:is|are)) (?P<rest>.+)$")
+
+
+def normalize_prompt(prompt: object) -> str:
+    """Validate a prompt and normalise it the way training normalises report sentences.
+
+    Lowercase, accents folded to ASCII, other non-ASCII characters dropped, apostrophes
+    removed, other punctuation turned into spaces except a decimal point ("3.5 cm"), and
+    whitespace collapsed.
+
+    Raises:
+        PromptError: not a string, longer than :data:`MAX_PROMPT_CHARS`, or no words left.
+    """
+    if not isinstance(prompt, str):
+        raise PromptError(f"a prompt must be text, got {type(prompt).__name__}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptError(
+            f"prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS} "
+            f"(a prompt names a finding, e.g. 'left pleural effusion'): {prompt[:40]!r}..."
+        )
+    if not prompt.strip():
+        raise PromptError("prompt is empty; name a finding, e.g. 'left pleural effusion'")
+    text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii")
+    text = text.lower().replace("'", "").replace("`", "")
+    text = _DECIMAL_POINT.sub("\x01", text)
+    text = _NON_WORD.sub(" ", text.replace("_", " ")).replace("\x01", ".")
+    text = " ".join(text.split())
+    if not text:
+        raise PromptError(f"prompt {prompt[:60]!r} has no words (only punctuation or symbols)")
+    return text
+
+
+def is_negated(normalized: str) -> bool:
+    """Whether a normalised prompt states an absence ("no pleural effusion")."""
+    return _NEGATION.match(normalized) is not None
+
+
+def counterpart(normalized: str) -> str:
+    """The opposite statement of a normalised prompt, for zero-shot classification.
+
+    "pleural effusion" <-> "no pleural effusion"; "there is pneumothorax" <-> "there is no
+    pneumothorax".
+    """
+    negation = _NEGATION.match(normalized)
+    if negation:
+        return f"{negation.group('lead') or ''}{negation.group('rest')}"
+    there = _THERE_IS.match(normalized)
+    if there:
+        return f"{there.group('lead')} no {there.group('rest')}"
+    return f"no {normalized}"
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    """A validated prompt: what the user wrote, what the encoder sees, and what is mapped."""
+
+    given: str
+    text: str  #: normalised prompt
+    negated: bool
+    opposite: str  #: normalised counterpart (for the probability)
+
+    @property
+    def mapped(self) -> str:
+        """The text whose heatmap is shown: the finding itself for a negated prompt."""
+        return self.opposite if self.negated else self.text
+
+    @classmethod
+    def parse(cls, prompt: object) -> "_Prompt":
+        text = normalize_prompt(prompt)
+        return cls(given=str(prompt).strip(), text=text, negated=is_negated(text), opposite=counterpart(text))
+
+
+def _prompt_list(prompts: Union[str, Sequence[str]]) -> list[_Prompt]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence):
+        raise PromptError(f"a prompt must be text (or a list of texts), got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise PromptError("no prompt given; pass a prompt or a list of prompts")
+    return [_Prompt.parse(p) for p in prompts]
+
+
+# --------------------------------------------------------------------------------------------
+# Cached encodings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ImageEntry:
+    """Encoded image: features of one image and where it sits in the input square."""
+
+    shallow: torch.Tensor  #: [D, h2, w2]
+    deep: torch.Tensor  #: [D, h3, w3]
+    global_: torch.Tensor  #: [D]
+    box: Letterbox
+    spacing: Optional[tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class _TextEntry:
+    """Encoded prompt: word, sentence and report embeddings of one normalised prompt."""
+
+    words: torch.Tensor  #: [D, W] valid words only
+    sentence: torch.Tensor  #: [D]
+    report: torch.Tensor  #: [D]
+
+
+@dataclass(frozen=True)
+class _FileEntry:
+    key: str
+    box: Letterbox
+    spacing: Optional[tuple[float, float]]
+
+
+@dataclass
+class _Prepared:
+    """An image ready for the encoder (or already found in the cache)."""
+
+    key: str
+    box: Letterbox
+    spacing: Optional[tuple[float, float]]
+    square: Optional[np.ndarray] = None  #: [S, S] or [S, S, 3] float32 in [0, 1]
+    entry: Optional[_ImageEntry] = None  #: the cached encoding, when there is one
+
+
+# --------------------------------------------------------------------------------------------
+# Predictor
+# --------------------------------------------------------------------------------------------
+
+
+class AFLocPredictor:
+    """Localize text prompts in images and classify findings zero-shot with a trained AFLoc model.
+
+    Args:
+        model: a trained :class:`AFLoc`; it is moved to ``device``, put in eval mode and its
+            image encoder switched to channels-last memory format (in place).
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        cache_size: images kept in the feature cache (0 disables caching).
+        settings: heatmap settings (level, smoothing, threshold, similarity).
+        text_cache_size: prompts kept in the text-embedding cache.
+        batch_size: images per encoder call in :meth:`localize_batch`.
+    """
+
+    def __init__(
+        self,
+        model: AFLoc,
+        device: Union[str, torch.device] = "auto",
+        cache_size: int = 32,
+        settings: Optional[HeatmapSettings] = None,
+        text_cache_size: int = 1024,
+        batch_size: int = 8,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if cache_size < 0 or text_cache_size < 0:
+            raise ConfigError("cache sizes must be >= 0")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        # NHWC convolutions run 2-3x faster on CPU (oneDNN) and use tensor cores on GPU.
+        self.model.image_encoder.to(memory_format=torch.channels_last)
+        self.config = model.config
+        self.settings = settings or HeatmapSettings()
+        self.batch_size = int(batch_size)
+        self.model_version = str(model.meta.get("version", "unknown"))
+        self.input_size = int(self.config.data.crop)
+        self.in_channels = int(self.config.image.in_channels)
+        self._images: LRUCache[str, _ImageEntry] = LRUCache(cache_size)
+        self._files: LRUCache[tuple, _FileEntry] = LRUCache(max(4 * cache_size, 0))
+        self._texts: LRUCache[str, _TextEntry] = LRUCache(text_cache_size)
+        # Hugging Face fast tokenizers are not safe to call from several threads at once.
+        self._tokenizer_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._counts = EncoderCounts()
+        self._preprocessing = (
+            self.input_size,
+            float(self.config.data.mean),
+            float(self.config.data.std),
+            self.in_channels,
+            self.model_version,
+        )
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint_dir: Union[str, Path],
+        device: Union[str, torch.device] = "auto",
+        cache_size: int = 32,
+        **options: Any,
+    ) -> "AFLocPredictor":
+        """Load a checkpoint folder written by :meth:`AFLoc.save_pretrained`.
+
+        ``options`` go to the constructor (``settings``, ``text_cache_size``, ``batch_size``).
+
+        Raises:
+            CheckpointError: the folder is missing or not an AFLoc checkpoint.
+        """
+        target = resolve_device(device)
+        model = AFLoc.from_pretrained(checkpoint_dir, map_location=target)
+        return cls(model, device=target, cache_size=cache_size, **options)
+
+    # ------------------------------------------------------------------------- public API
+    def localize(
+        self,
+        image: ImageInput,
+        prompts: Union[str, Sequence[str]],
+        threshold: Optional[float] = None,
+        level: Optional[str] = None,
+        probability: bool = True,
+    ) -> Localization:
+        """Localize each prompt in one image.
+
+        Args:
+            image: ``[H, W]`` / ``[H, W, 3]`` array, a file path (DICOM, PNG, JPEG, NIfTI,
+                .npy) or a :class:`LoadedImage`.
+            prompts: one prompt or a list.
+            threshold: mask threshold on the ``[-1, 1]`` heatmap (default: the settings').
+            level: ``deep`` (default), ``shallow`` or ``fused``.
+            probability: also compute each prompt's zero-shot probability; False skips encoding
+                the counterpart prompts (about half the text-encoder time for a new prompt).
+
+        Raises:
+            PromptError: a prompt is empty, too long, or has no words.
+            ImageReadError: the image is unreadable, too small or too large.
+        """
+        return self.localize_batch([image], prompts, threshold=threshold, level=level, probability=probability)[0]
+
+    def localize_batch(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Union[str, Sequence[str]],
+        threshold: Optional[float] = None,
+        level: Optional[str] = None,
+        probability: bool = True,
+    ) -> list[Localization]:
+        """Localize every prompt in every image; images are encoded ``batch_size`` at a time.
+
+        Prompts are validated before any image is read. Images and prompts already seen are
+        taken from the caches.
+        """
+        parsed = _prompt_list(prompts)
+        threshold = check_threshold(self.settings.threshold if threshold is None else threshold)
+        level = check_level(level or self.settings.level)
+        if isinstance(images, (str, Path, np.ndarray, LoadedImage)):
+            raise TypeError("localize_batch takes a sequence of images; use localize for one image")
+        entries = self._encode_images(list(images))
+        needed = [t for p in parsed for t in ((p.text, p.opposite) if probability else (p.text, p.mapped))]
+        texts = self._encode_texts(needed)
+        return [self._localize_one(entry, parsed, texts, threshold, level, probability) for entry in entries]
+
+    def classify(
+        self, image: ImageInput, findings: Union[str, Sequence[str]]
+    ) -> dict[str, float]:
+        """Zero-shot probability of each finding, as in the AFLoc publication.
+
+        For each finding, the global image embedding is compared (cosine) with the finding's
+        prompt and its negation ("no <finding>"); the two similarities, scaled by the model's
+        ``temp3``, go through a softmax and the positive share is returned.
+
+        Returns:
+            ``{finding as given: probability in [0, 1]}``.
+        """
+        parsed = _prompt_list(findings)
+        (entry,) = self._encode_images([image])
+        texts = self._encode_texts([t for p in parsed for t in (p.text, p.opposite)])
+        return {p.given: self._probability(entry, texts[p.text], texts[p.opposite]) for p in parsed}
+
+    @property
+    def encoder_counts(self) -> EncoderCounts:
+        """Encoder calls so far (the feature caches' effect shows here, not in timings)."""
+        with self._count_lock:
+            return self._counts
+
+    def cache_info(self) -> dict[str, Any]:
+        """Hits, misses and sizes of the image, file and text caches."""
+        return {name: cache.stats() for name, cache in (("images", self._images), ("files", self._files), ("texts", self._texts))}
+
+    def clear_cache(self) -> None:
+        for cache in (self._images, self._files, self._texts):
+            cache.clear()
+
+    # ------------------------------------------------------------------------- images
+    def _encode_images(self, images: list[ImageInput]) -> list[_ImageEntry]:
+        """Entries for ``images`` in order; those not cached are encoded in batches."""
+        prepared = [self._prepare(image) for image in images]
+        pending: dict[str, _Prepared] = {}
+        for item in prepared:
+            if item.entry is None:
+                item.entry = self._images.get(item.key)
+            if item.entry is None:
+                pending.setdefault(item.key, item)
+        todo = list(pending.values())
+        fresh: dict[str, _ImageEntry] = {}
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            for item, entry in zip(chunk, self._run_image_encoder(chunk)):
+                fresh[item.key] = entry
+                self._images.put(item.key, entry)
+        return [item.entry or fresh[item.key] for item in prepared]
+
+    def _prepare(self, image: ImageInput) -> _Prepared:
+        """Read and validate an image, then letterbox it unless its features are cached."""
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            file_key = _file_key(path)
+            known = self._files.get(file_key) if file_key is not None else None
+            if known is not None:
+                entry = self._images.get(known.key)
+                if entry is not None:
+                    return _Prepared(key=known.key, box=known.box, spacing=known.spacing, entry=entry)
+            loaded = read_image(path)
+            item = self._prepare_pixels(loaded.pixels, loaded.spacing)
+            if file_key is not None:
+                self._files.put(file_key, _FileEntry(item.key, item.box, item.spacing))
+            return item
+        if isinstance(image, LoadedImage):
+            return self._prepare_pixels(image.pixels, image.spacing)
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        if isinstance(image, np.ndarray):
+            return self._prepare_pixels(array_to_unit(image), None)
+        raise ImageReadError(
+            f"<{type(image).__name__}>", "expected a file path, a numpy array [H, W] or [H, W, 3], or a LoadedImage"
+        )
+
+    def _prepare_pixels(self, pixels: np.ndarray, spacing: Optional[tuple[float, float]]) -> _Prepared:
+        # Colour to gray before resizing, gray to colour after: resample as few planes as possible.
+        if self.in_channels == 1 and pixels.ndim == 3:
+            pixels = to_grayscale(pixels)
+        square, box = letterbox(pixels, self.input_size)
+        if self.in_channels == 3 and square.ndim == 2:
+            square = np.repeat(square[:, :, None], 3, axis=2)
+        key = array_key(square, box.original_shape, self._preprocessing)
+        return _Prepared(key=key, box=box, spacing=spacing, square=square)
+
+    def _run_image_encoder(self, items: list[_Prepared]) -> list[_ImageEntry]:
+        squares = np.stack([item.square for item in items])  # [B, S, S] or [B, S, S, 3]
+        batch = torch.from_numpy(squares)
+        batch = batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+        batch = (batch.to(self.device) - float(self.config.data.mean)) / float(self.config.data.std)
+        with torch.inference_mode():
+            features = self.model.encode_image(batch.contiguous(memory_format=torch.channels_last))
+        self._count(image_calls=1, images=len(items))
+        return [
+            _ImageEntry(
+                shallow=features.shallow[i].float().contiguous(),
+                deep=features.deep[i].float().contiguous(),
+                global_=features.global_[i].float(),
+                box=item.box,
+                spacing=item.spacing,
+            )
+            for i, item in enumerate(items)
+        ]
+
+    # ------------------------------------------------------------------------- text
+    def _encode_texts(self, texts: list[str]) -> dict[str, _TextEntry]:
+        """Entries for normalised ``texts``; those not cached are encoded in one batch."""
+        found: dict[str, _TextEntry] = {}
+        missing: list[str] = []
+        for text in dict.fromkeys(texts):
+            entry = self._texts.get(text)
+            if entry is None:
+                missing.append(text)
+            else:
+                found[text] = entry
+        if missing:
+            with self._tokenizer_lock:
+                try:
+                    tokens = self.model.tokenize(missing)
+                except EmptyReportError as exc:
+                    raise PromptError(f"prompt has no words the text encoder knows: {exc}") from None
+            for text, kept in zip(missing, tokens.words):
+                if len(kept) < len(text.split()):
+                    warnings.warn(
+                        f"prompt {text[:40]!r}... exceeds the text encoder's budget of "
+                        f"{self.config.text.max_tokens} tokens: only its first {len(kept)} of "
+                        f"{len(text.split())} words are used",
+                        PromptTruncatedWarning,
+                        stacklevel=4,
+                    )
+            with torch.inference_mode():
+                features = self.model.encode_text(tokens)
+            self._count(text_calls=1, texts=len(missing))
+            for i, text in enumerate(missing):
+                n_words = int(features.n_words[i])
+                entry = _TextEntry(
+                    words=features.words[i, :, :n_words].float().contiguous(),
+                    sentence=features.sentences[i, :, 0].float(),
+                    report=features.report[i].float(),
+                )
+                self._texts.put(text, entry)
+                found[text] = entry
+        return found
+
+    # ------------------------------------------------------------------------- maps
+    def _localize_one(
+        self,
+        image: _ImageEntry,
+        prompts: list[_Prompt],
+        texts: dict[str, _TextEntry],
+        threshold: float,
+        level: str,
+        probability: bool,
+    ) -> Localization:
+        mapped = [texts[p.mapped] for p in prompts]
+        similarity = self.settings.similarity
+        deep_maps = shallow_maps = None
+        if level in ("deep", "fused"):
+            sentences = torch.stack([t.sentence for t in mapped])  # [P, D]
+            deep_maps = deep_similarity(image.deep, sentences, similarity)
+        if level in ("shallow", "fused"):
+            width = max(t.words.shape[1] for t in mapped)
+            words = torch.zeros(len(mapped), image.shallow.shape[0], width, device=image.shallow.device)
+            for i, t in enumerate(mapped):
+                words[i, :, : t.words.shape[1]] = t.words
+            n_words = torch.tensor([t.words.shape[1] for t in mapped])
+            shallow_maps = shallow_similarity(image.shallow, words, n_words, similarity)
+        heatmaps = render_heatmaps(image.box, self.settings, deep_maps, shallow_maps, level=level)
+        results = []
+        for prompt, heatmap in zip(prompts, heatmaps):
+            if prompt.negated:
+                mask = np.zeros(heatmap.shape, dtype=bool)
+                boxes: list[Box] = []
+            else:
+                mask = threshold_mask(heatmap, threshold)
+                boxes = mask_boxes(mask, heatmap, self.settings.box_score)
+            results.append(
+                PromptResult(
+                    prompt=prompt.given,
+                    heatmap=heatmap,
+                    mask=mask,
+                    boxes=boxes,
+                    score=_cosine(image.global_, texts[prompt.text].report),
+                    probability=(
+                        self._probability(image, texts[prompt.text], texts[prompt.opposite]) if probability else None
+                    ),
+                    negated=prompt.negated,
+                    threshold=threshold,
+                    level=level,
+                )
+            )
+        return Localization(
+            image_shape=image.box.original_shape,
+            spacing=image.spacing,
+            model_version=self.model_version,
+            results=results,
+        )
+
+    def _probability(self, image: _ImageEntry, statement: _TextEntry, opposite: _TextEntry) -> float:
+        scale = float(self.config.loss.temp3)
+        logits = torch.tensor(
+            [_cosine(image.global_, statement.report), _cosine(image.global_, opposite.report)]
+        ) * scale
+        return float(torch.softmax(logits, dim=0)[0])
+
+    def _count(self, **increments: int) -> None:
+        with self._count_lock:
+            current = self._counts
+            self._counts = EncoderCounts(
+                **{name: getattr(current, name) + increments.get(name, 0) for name in EncoderCounts.__dataclass_fields__}
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is a ConfigError."""
+    if isinstance(device, torch.device):
+        resolved = device
+    elif device == "auto":
+        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist ({torch.cuda.device_count()} CUDA device(s))")
+    return resolved
+
+
+def _file_key(path: Path) -> Optional[tuple]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None  # read_image reports the problem
+    if not path.is_file():
+        return None
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a[None], b[None], dim=1, eps=1e-8)[0])
+
+
+def array_to_unit(image: np.ndarray) -> np.ndarray:
+    """Validate an in-memory image and bring it to float32 ``[0, 1]`` pixels.
+
+    The shape is checked before any copy, so a huge array is refused without allocating.
+    ``[H, W]``, ``[H, W, 1]``, ``[H, W, 3]`` and ``[H, W, 4]`` (alpha dropped) are accepted.
+    Intensities: ``bool`` as 0/1, ``uint8`` / 255, floats already in ``[0, 1]`` kept, anything
+    else stretched between its 0.5th and 99.5th percentiles (NaN -> 0), like ``.npy`` files.
+
+    Raises:
+        ImageReadError: wrong number of dimensions or channels, too small, too large, or not
+            numeric.
+    """
+    name = f"<array {list(image.shape)}>"
+    if image.ndim == 3 and image.shape[2] in (1, 3, 4):
+        channels = image.shape[2]
+    elif image.ndim == 2:
+        channels = 1
+    else:
+        raise ImageReadError(name, "expected a 2D image [H, W] or [H, W, 3]; got another shape")
+    rows, cols = int(image.shape[0]), int(image.shape[1])
+    if rows < MIN_IMAGE_SIDE or cols < MIN_IMAGE_SIDE:
+        raise ImageReadError(name, f"image is {rows}x{cols} pixels; at least {MIN_IMAGE_SIDE} pixels a side are needed")
+    if max(rows, cols) > MAX_IMAGE_SIDE or rows * cols > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            name, f"image is {rows}x{cols} pixels; the limit is {MAX_IMAGE_SIDE} pixels a side and {MAX_IMAGE_PIXELS} pixels"
+        )
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == np.bool_):
+        raise ImageReadError(name, f"pixels must be numeric, got dtype {image.dtype}")
+    if np.issubdtype(image.dtype, np.complexfloating):
+        raise ImageReadError(name, "pixels must be real numbers, got complex values")
+    if channels == 1 and image.ndim == 3:
+        image = image[:, :, 0]
+    elif channels == 4:
+        image = image[:, :, :3]
+    if image.dtype == np.bool_:
+        return image.astype(np.float32)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / np.float32(255.0)
+    values = image.astype(np.float32, copy=False)
+    finite = np.isfinite(values)
+    all_finite = bool(finite.all())
+    if all_finite and values.min() >= 0.0 and values.max() <= 1.0:
+        return np.array(values, dtype=np.float32, copy=True)
+    data = values[finite] if not all_finite else values
+    if data.size == 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    low, high = np.percentile(data, (0.5, 99.5))
+    if high <= low:
+        low, high = float(data.min()), float(data.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float32)
+    out = (np.where(finite, values, low) - np.float32(low)) / np.float32(high - low)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

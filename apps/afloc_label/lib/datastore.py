@@ -1,0 +1,209 @@
+"""The app's local datastore: MONAI Label's ``LocalDatastore`` plus DICOM files, reports and name checks.
+
+Differences from the stock datastore:
+
+- DICOM files (``.dcm``, ``.dicom``) and ``.jpeg`` are listed as images (the stock list lacks them).
+- Every image may carry a free-text report: the ``report`` entry of its image info (set with
+  ``PUT /datastore/image`` + ``params`` or ``PUT /datastore/image/info``) or, failing that, a
+  sidecar ``<id>.txt`` next to the image. The training task uses every image that has one.
+- Uploaded images are decoded once before they are accepted, so a corrupt or unsupported file
+  is refused with a message instead of breaking inference later.
+- Image ids and label tags that could leave the datastore folder are refused (``lib.ids``).
+- Large labels (heatmaps) can be stored after the reply has gone (:meth:`save_label_soon`);
+  readers of such a label wait until it is there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from afloc_models.imaging import read_image
+from monailabel.datastore.local import LocalDatastore
+
+from lib.errors import BadRequestError
+from lib.ids import check_image_id, check_tag
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AFLocDatastore", "REPORT_KEY", "datastore_extensions"]
+
+#: Image-info key holding an image's report.
+REPORT_KEY = "report"
+#: Longest report accepted through the API (a radiology report is a few thousand characters).
+MAX_REPORT_CHARS = 20_000
+#: Image file patterns added to MONAI Label's defaults.
+EXTRA_EXTENSIONS = ("*.dcm", "*.dicom", "*.jpeg")
+#: What an uploaded image may be; MONAI Label's default list also has label/annotation formats.
+UPLOAD_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz", ".tif")
+
+
+def datastore_extensions(base: Sequence[str]) -> list[str]:
+    """MONAI Label's configured file patterns plus the DICOM/JPEG ones, without duplicates."""
+    merged = list(base)
+    for pattern in EXTRA_EXTENSIONS:
+        if pattern not in merged:
+            merged.append(pattern)
+    return merged
+
+
+class AFLocDatastore(LocalDatastore):
+    """A ``LocalDatastore`` whose images may have reports; see the module docstring."""
+
+    # ----------------------------------------------------------------- reports
+    def report(self, image_id: str) -> Optional[str]:
+        """The image's report: its info's ``report`` entry, else the sidecar ``<id>.txt``; None if neither."""
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return None
+        text = obj.image.info.get(REPORT_KEY)
+        if isinstance(text, str) and text.strip():
+            return text
+        sidecar = Path(self._datastore.image_path()) / f"{image_id}.txt"
+        if sidecar.is_file():
+            text = sidecar.read_text(encoding="utf-8", errors="replace")
+            return text if text.strip() else None
+        return None
+
+    def images_with_reports(self) -> list[str]:
+        """Ids of the images that have a non-empty report, sorted."""
+        return sorted(i for i in self.list_images() if self.report(i))
+
+    def root(self) -> Path:
+        """The datastore folder."""
+        return Path(self._datastore_path)
+
+    # ----------------------------------------------------------------- checked overrides
+    def get_image_uri(self, image_id: str) -> str:
+        check_image_id(image_id)
+        return super().get_image_uri(image_id)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        derived_id, ext = self._to_id(os.path.basename(image_filename))
+        if ext.lower() not in UPLOAD_EXTENSIONS:
+            raise BadRequestError(
+                f"cannot add '{os.path.basename(image_filename)}': images must be one of "
+                f"{', '.join(UPLOAD_EXTENSIONS)}"
+            )
+        image_id = check_image_id(image_id or derived_id)
+        info = dict(image_info or {})
+        _check_report(info)
+        # Decode once: a broken upload is refused now (ImageReadError -> 422), not at inference.
+        read_image(image_filename)
+        return super().add_image(image_id, image_filename, info)
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        check_image_id(image_id)
+        _check_report(info)
+        super().update_image_info(image_id, info)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        check_image_id(image_id)
+        check_tag(label_tag)
+        return super().save_label(image_id, label_filename, label_tag, label_info)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_image_id(label_id, "label id")
+        check_tag(label_tag)
+        super().remove_label(label_id, label_tag)
+
+    # ----------------------------------------------------------------- labels written after the reply
+    def save_label_soon(
+        self,
+        image_id: str,
+        tag: str,
+        suffix: str,
+        write: Callable[[Path], object],
+        info: Dict[str, Any],
+    ) -> str:
+        """Store a label in the background; returns its label id at once.
+
+        ``write(path)`` creates the file (e.g. a 14 MB float heatmap, whose writing would
+        otherwise delay the reply). Until it is stored, :meth:`get_label_uri` and
+        :meth:`get_label_info` for ``(image_id, tag)`` wait for it, so a client that follows
+        the URL in the reply gets this label, not an older one. Writes run one at a time, in
+        the order they were asked for.
+        """
+        check_image_id(image_id)
+        check_tag(tag)
+        key = (image_id, tag)
+        self._pending_writes().begin(key)
+
+        def job() -> None:
+            try:
+                with tempfile.TemporaryDirectory(prefix="afloc-label-") as folder:
+                    path = Path(folder) / f"label{suffix}"
+                    write(path)
+                    self.save_label(image_id, str(path), tag, info)
+            except Exception:
+                logger.exception("could not store label %s/%s", tag, image_id)
+            finally:
+                self._pending_writes().end(key)
+
+        self._label_writer().submit(job)
+        return image_id
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        self._pending_writes().wait((label_id, label_tag))
+        return super().get_label_uri(label_id, label_tag)
+
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        self._pending_writes().wait((label_id, label_tag))
+        return super().get_label_info(label_id, label_tag)
+
+    def _pending_writes(self) -> "_PendingWrites":
+        # Created on first use: LocalDatastore.__init__ (which calls our overrides) runs first.
+        with _INIT_LOCK:
+            if getattr(self, "_pending", None) is None:
+                self._pending = _PendingWrites()
+            return self._pending
+
+    def _label_writer(self) -> ThreadPoolExecutor:
+        with _INIT_LOCK:
+            if getattr(self, "_writer", None) is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afloc-label-writer")
+            return self._writer
+
+
+_INIT_LOCK = threading.Lock()
+#: Longest wait of a reader for a label still being written (a 14 MB heatmap takes well under 1 s).
+PENDING_WAIT_S = 60.0
+
+
+class _PendingWrites:
+    """Counts labels queued but not yet stored, per ``(image id, tag)``; readers wait for zero."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count: Counter = Counter()
+
+    def begin(self, key: tuple[str, str]) -> None:
+        with self._cond:
+            self._count[key] += 1
+
+    def end(self, key: tuple[str, str]) -> None:
+        with self._cond:
+            self._count[key] -= 1
+            if self._count[key] <= 0:
+                del self._count[key]
+                self._cond.notify_all()
+
+    def wait(self, key: tuple[str, str], timeout: float = PENDING_WAIT_S) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: key not in self._count, timeout=timeout)
+
+
+def _check_report(info: Dict[str, Any]) -> None:
+    if REPORT_KEY not in info:
+        return
+    report = info[REPORT_KEY]
+    if not isinstance(report, str):
+        raise BadRequestError(f"'{REPORT_KEY}' in the image info must be a string, got {type(report).__name__}")
+    if len(report) > MAX_REPORT_CHARS:
+        raise BadRequestError(f"report is {len(report)} characters long; the limit is {MAX_REPORT_CHARS}")

@@ -1,0 +1,224 @@
+"""AFLoc Label: annotation-free, text-prompted localization on chest X-rays as a MONAI Label app.
+
+Start it with::
+
+    monailabel start_server --app apps/afloc_label --studies demo/datastore \\
+        --conf checkpoint demo/checkpoint --host 127.0.0.1 --port 8000
+
+Models: ``afloc`` (segmentation: prompt -> named label + float heatmaps) and ``afloc_classify``
+(classification: findings -> probabilities). Trainer: ``afloc_train`` (contrastive training on
+every datastore image with a report). See ``docs/app.md``.
+
+``--conf`` keys:
+
+- ``checkpoint``: base AFLoc checkpoint folder served until a training run is published
+  (default: ``$AFLOC_CHECKPOINT``, else ``<repo>/demo/checkpoint`` when it exists).
+- ``model_dir``: where training runs and the ``current`` link live (default ``<app>/model``).
+- ``device``: ``auto`` (default), ``cpu`` or ``cuda[:N]``.
+- ``preload``: load the model when the server starts (default ``true``).
+- ``threads``: PyTorch CPU threads of the server process (default: a quarter of the cores, 1-4).
+  Requests are small; with as many threads as cores, every other busy process stalls PyTorch's
+  thread barriers (measured on 2 cores under load: 1 thread 0.13 s a prompt, 2 threads 0.2-2 s).
+
+Importing this module inside the server also installs JSON error replies on MONAI Label's
+FastAPI app (``lib.http_errors``) and, when ``lib/ohif_static.py`` exists, its static-file fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+_APP_DIR = Path(__file__).resolve().parent
+_REPO_ROOT = _APP_DIR.parents[1]
+
+
+def _use_repo_packages() -> None:
+    """Import ``afloc_models``/``training`` from this checkout, also in training subprocesses.
+
+    ``sam2`` (a monailabel dependency) installs an unrelated top-level package called
+    ``training``; the checkout must come first on the path, here and in the subprocesses
+    MONAI Label starts (they inherit ``PYTHONPATH``).
+    """
+    if not (_REPO_ROOT / "afloc_models").is_dir():
+        return  # app copied elsewhere: rely on the installed packages
+    root = str(_REPO_ROOT)
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    loaded = sys.modules.get("training")
+    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(root):
+        for name in [m for m in sys.modules if m == "training" or m.startswith("training.")]:
+            del sys.modules[name]
+
+
+_use_repo_packages()
+
+import afloc_models  # noqa: E402
+from afloc_models.errors import ConfigError  # noqa: E402
+from monailabel.config import settings  # noqa: E402
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.datastore import Datastore  # noqa: E402
+from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
+from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
+
+from lib import http_errors  # noqa: E402
+from lib.checkpoints import ModelStore  # noqa: E402
+from lib.datastore import AFLocDatastore, datastore_extensions  # noqa: E402
+from lib.errors import NotFoundError  # noqa: E402
+from lib.ids import check_image_id  # noqa: E402
+from lib.infers import AFLocClassifyTask, AFLocLocalizeTask  # noqa: E402
+from lib.params import parse_bool  # noqa: E402
+from lib.served_model import ServedModel  # noqa: E402
+from lib.trainers import AFLocTrainTask  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+LOCALIZE_MODEL = "afloc"
+CLASSIFY_MODEL = "afloc_classify"
+TRAINER = "afloc_train"
+
+
+class AFLocLabelApp(MONAILabelApp):
+    """MONAI Label app serving AFLoc (models are loaded lazily, on first use or at server start)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
+        conf = conf or {}
+        self.model_dir = _path(conf.get("model_dir")) or Path(app_dir) / "model"
+        self.store = ModelStore(self.model_dir, _base_checkpoint(conf.get("checkpoint")))
+        self.served = ServedModel(self.store, device=conf.get("device", "auto"))
+        self._preload = parse_bool(conf.get("preload"), "preload", True)
+        self._threads = _thread_count(conf.get("threads"))
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="AFLoc Label",
+            description="Annotation-free localization of findings named in free text on chest X-rays (AFLoc)",
+            version=afloc_models.__version__,
+        )
+
+    # ----------------------------------------------------------------- MONAI Label hooks
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return AFLocDatastore(
+            self.studies,
+            extensions=datastore_extensions(settings.MONAI_LABEL_DATASTORE_FILE_EXT),
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        return {
+            LOCALIZE_MODEL: AFLocLocalizeTask(self.served, self.datastore),
+            CLASSIFY_MODEL: AFLocClassifyTask(self.served),
+        }
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        return {TRAINER: AFLocTrainTask(self.store)}
+
+    def on_init_complete(self) -> None:
+        # Only the server calls this: training subprocesses keep PyTorch's own thread count.
+        import torch
+
+        torch.set_num_threads(self._threads)
+        super().on_init_complete()
+        if self._preload and self.store.served() is not None:
+            threading.Thread(target=self._load_quietly, name="afloc-preload", daemon=True).start()
+
+    def infer(self, request: Dict[str, Any], datastore: Optional[Datastore] = None) -> Dict[str, Any]:
+        """Check the request before MONAI Label runs it.
+
+        Unknown models get a 404 (MONAI Label's own reply is a bare 500). An image must be a
+        datastore id, never a server path: MONAI Label would otherwise read any existing file
+        it is given. The resolved path is passed on, so MONAI Label does not look the id up
+        again. ``save_label`` (MONAI Label's own flag) saves a draft, never a ``final`` label.
+        """
+        model = request.get("model")
+        if model not in self._infers:
+            offered = ", ".join(sorted(self._infers))
+            raise NotFoundError(f"unknown model {model!r}: this server offers {offered}")
+        request = dict(request)
+        image = request.get("image")
+        if isinstance(image, str):
+            if self._is_server_upload(image):
+                request["image_id"] = None
+            else:
+                check_image_id(image)
+                uri = (datastore or self.datastore()).get_image_uri(image)
+                if not uri:
+                    raise NotFoundError(f"image {image!r} is not in the datastore")
+                request["image_id"] = image
+                request["image"] = uri
+        if parse_bool(request.pop("save_label", None), "save_label", False):
+            request["save_draft"] = True  # the task refuses to store it under 'final'
+        return super().infer(request, datastore)
+
+    # ----------------------------------------------------------------- helpers
+    def _is_server_upload(self, path: str) -> bool:
+        """Whether ``path`` is a file MONAI Label itself saved from this request (upload or session)."""
+        if not os.path.isabs(path) or not os.path.exists(path):
+            return False
+        real = Path(path).resolve()
+        tmp = Path(tempfile.gettempdir()).resolve()
+        if real.parent == tmp and real.name.startswith("tmp"):
+            return True
+        sessions = self.sessions()
+        store = getattr(sessions, "store_path", None)
+        return bool(store) and Path(store).resolve() in real.parents
+
+    def _load_quietly(self) -> None:
+        try:
+            self.served.get()
+        except Exception as exc:  # the first request will report it with a proper status
+            logger.warning("could not preload the AFLoc model: %s", exc)
+
+
+def _path(value: Optional[str]) -> Optional[Path]:
+    return Path(value).expanduser().resolve() if value else None
+
+
+def _thread_count(value: Optional[str]) -> int:
+    if value is None or str(value).strip() == "":
+        return max(1, min(4, (os.cpu_count() or 1) // 4))
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"--conf threads must be a whole number, got {value!r}") from None
+    if count < 1:
+        raise ConfigError(f"--conf threads must be at least 1, got {count}")
+    return count
+
+
+def _base_checkpoint(conf_value: Optional[str]) -> Optional[Path]:
+    explicit = conf_value or os.environ.get("AFLOC_CHECKPOINT")
+    if explicit:
+        return _path(explicit)
+    demo = _REPO_ROOT / "demo" / "checkpoint"
+    return demo if demo.is_dir() else None
+
+
+def _install_server_hooks() -> None:
+    """Inside the server (``monailabel.app`` loaded): JSON errors and the OHIF static fix."""
+    server = sys.modules.get("monailabel.app")
+    fastapi_app = getattr(server, "app", None)
+    if fastapi_app is None:
+        return  # a training subprocess or a script: no HTTP server here
+    http_errors.install(fastapi_app)
+    if (_APP_DIR / "lib" / "ohif_static.py").is_file():
+        try:
+            importlib.import_module("lib.ohif_static").install(fastapi_app)
+        except Exception:
+            logger.exception("lib/ohif_static.py failed to install; OHIF assets may not load")
+
+
+_install_server_hooks()

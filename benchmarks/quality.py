@@ -1,0 +1,224 @@
+"""Localization quality of AFLoc trained from scratch on phantoms, with loss ablations. Prints JSON.
+
+Not a test: it trains for minutes. The default run (2-core CPU)::
+
+    python benchmarks/quality.py --work /tmp/afloc-quality
+
+1. Writes ``--n-train`` phantom image-report pairs (seed ``--train-seed``) and a fresh test set of
+   ``--n-test`` phantoms with masks (another seed), unless they already exist in ``--work``.
+2. Measures the training step time in a short probe (median after warm-up), then trains the full model (``--config``)
+   for about ``--minutes`` minutes *including* the probe: ``max_steps`` is set from the measured
+   rate so the cosine schedule ends on time, and ``max_minutes`` caps it if the machine slows down.
+3. Evaluates the checkpoint on the test set with :class:`AFLocPredictor` and the protocol metrics
+   of :mod:`afloc_models.evaluation` (heatmap min-max normalised to [-1, 1]; pointing game, CNR,
+   IoU / Dice at thresholds 0.1 ... 0.5; means per finding, then across findings).
+4. Ablations, each from scratch with the shorter ``--ablation-minutes`` budget: the full loss at that
+   budget (the reference), no word loss, no sentence loss, global loss only (weights set to 0).
+
+Targets (AFLoc-level behaviour on phantoms): pointing game >= 0.6 and mean CNR >= 1.0 for the
+full model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from afloc_models.config import AFLocConfig, load_config  # noqa: E402
+
+TARGETS = {"pointing_game": 0.6, "cnr": 1.0}
+ABLATIONS = {
+    "full": {},
+    "no_word": {"weight_word": 0.0},
+    "no_sentence": {"weight_sentence": 0.0},
+    "global_only": {"weight_word": 0.0, "weight_sentence": 0.0},
+}
+PROBE_STEPS = 12
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="folder for data, checkpoints and results")
+    parser.add_argument("--config", default="small", help="preset or YAML (default small)")
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--size", type=int, default=256, help="phantom side in pixels")
+    parser.add_argument("--train-seed", type=int, default=1)
+    parser.add_argument("--test-seed", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--minutes", type=float, default=15.0, help="budget of the main run, probe included")
+    parser.add_argument("--ablation-minutes", type=float, default=5.0, help="budget of each ablation run")
+    parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma list, or 'none'")
+    parser.add_argument("--level", default=None, help="heatmap level for evaluation (default: the predictor's)")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    import logging
+
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="[quality] %(message)s", stream=sys.stderr)
+
+    from training.phantoms import write_phantom_datastore
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    train_dir, test_dir = args.work / "train", args.work / "test"
+    for folder, n, seed in ((train_dir, args.n_train, args.train_seed), (test_dir, args.n_test, args.test_seed)):
+        if not _phantoms_ready(folder, n, seed, args.size):
+            write_phantom_datastore(folder, n, seed, size=args.size, overwrite=True)
+    base = load_config(args.config)
+
+    results: dict[str, Any] = {
+        "benchmark": "quality",
+        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "data": {"train": str(train_dir), "n_train": args.n_train, "train_seed": args.train_seed,
+                 "test": str(test_dir), "n_test": args.n_test, "test_seed": args.test_seed, "size": args.size},
+        "config": base.to_dict(),
+        "targets": TARGETS,
+    }
+    seconds_per_step = _probe(train_dir, args.work / "probe", base, args.seed)
+    results["probe"] = {"steps": PROBE_STEPS, "seconds_per_step": seconds_per_step}
+
+    main_budget = args.minutes - seconds_per_step * PROBE_STEPS / 60 - 0.5  # model build + saves
+    results["main"] = _run(args, "main", base, train_dir, test_dir, main_budget, seconds_per_step)
+    metrics = results["main"]["metrics"]["overall"]
+    results["targets_met"] = {k: bool(metrics[k] >= v) for k, v in TARGETS.items()}
+
+    chosen = [] if args.ablations == "none" else [a.strip() for a in args.ablations.split(",") if a.strip()]
+    results["ablations"] = {"minutes_each": args.ablation_minutes, "runs": {}}
+    for name in chosen:
+        config = _with_loss(base, **ABLATIONS[name])
+        run = _run(args, f"ablation_{name}", config, train_dir, test_dir, args.ablation_minutes, seconds_per_step)
+        results["ablations"]["runs"][name] = run
+        _write(args.work / "quality.json", results)
+
+    _write(args.work / "quality.json", results)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _phantoms_ready(folder: Path, n: int, seed: int, size: int) -> bool:
+    manifest = folder / "ground_truth" / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        info = json.loads(manifest.read_text())
+    except ValueError:
+        return False
+    return (info.get("n"), info.get("seed"), info.get("size")) == (n, seed, size)
+
+
+def _with_loss(config: AFLocConfig, **weights: float) -> AFLocConfig:
+    values = config.to_dict()
+    values["loss"].update(weights)
+    return AFLocConfig.from_dict(values, base=load_config("publication"))
+
+
+def _probe(train_dir: Path, out: Path, config: AFLocConfig, seed: int) -> float:
+    """Median seconds per training step over a short run, its warm-up steps left out."""
+    import shutil
+    import statistics
+
+    from training.trainer import train
+
+    stamps: list[float] = []
+
+    def clock() -> bool:  # polled after every step
+        stamps.append(time.monotonic())
+        return False
+
+    shutil.rmtree(out, ignore_errors=True)
+    train(train_dir, out, config=config, max_steps=PROBE_STEPS, seed=seed, save_every=0, progress=False,
+          stop_check=clock, log_dir=out.parent / "logs" / "probe")
+    shutil.rmtree(out, ignore_errors=True)
+    steps = [b - a for a, b in zip(stamps, stamps[1:])][3:]
+    return statistics.median(steps)
+
+
+def _run(args, name: str, config: AFLocConfig, train_dir: Path, test_dir: Path, minutes: float,
+         seconds_per_step: float) -> dict[str, Any]:
+    import shutil
+
+    from training.trainer import train
+
+    out = args.work / name
+    shutil.rmtree(out, ignore_errors=True)
+    steps = max(1, int(minutes * 60 / seconds_per_step))
+    started = time.monotonic()
+    result = train(train_dir, out, config=config, max_steps=steps, max_minutes=minutes, seed=args.seed,
+                   save_every=0, progress=False, log_dir=args.work / "logs" / name)
+    train_minutes = (time.monotonic() - started) / 60
+    metrics = evaluate_checkpoint(out, test_dir, level=args.level, bootstrap=args.bootstrap, seed=args.seed)
+    summary = {
+        "checkpoint": str(out),
+        "loss_weights": {k: getattr(config.loss, k) for k in ("weight_word", "weight_sentence", "weight_global")},
+        "train": {
+            "planned_steps": steps,
+            "steps": result.steps,
+            "epochs": round(result.steps / max(1, math.ceil(result.train_pairs / config.optim.batch_size)), 2),
+            "stopped": result.stopped,
+            "minutes": round(train_minutes, 2),
+            "final_train_loss": result.train_loss,
+            "val_loss": result.val_loss,
+        },
+        "metrics": metrics,
+    }
+    print(f"[quality] {name}: {json.dumps(summary['train'])} -> {json.dumps(metrics['overall'])}", file=sys.stderr)
+    return summary
+
+
+def evaluate_checkpoint(checkpoint: Path, test_dir: Path, level: Optional[str], bootstrap: int, seed: int) -> dict:
+    """Protocol metrics of ``checkpoint`` on the phantom test set (overall and per finding)."""
+    from afloc_models.evaluation.cli import evaluate, load_cases, summarize
+    from afloc_models.evaluation.metrics import DEFAULT_THRESHOLDS
+    from afloc_models.inference.predictor import AFLocPredictor
+
+    cases, _ = load_cases(test_dir)
+    predictor = AFLocPredictor.load(checkpoint, device="auto")
+    records, skipped, _ = evaluate(predictor, cases, thresholds=DEFAULT_THRESHOLDS, level=level)
+    summary = summarize(records, DEFAULT_THRESHOLDS, bootstrap=bootstrap, seed=seed)
+    keys = ("pointing_game", "cnr", "miou", "mdice")
+
+    def pick(entry: dict) -> dict:
+        return {k: _round(entry[k]["mean"]) for k in keys} | {
+            f"{k}_ci95": [_round(entry[k]["ci95_low"]), _round(entry[k]["ci95_high"])] for k in ("pointing_game", "cnr")
+        }
+
+    return {
+        "cases": len(records),
+        "skipped": len(skipped),
+        "overall": pick(summary["overall"]),
+        "per_finding": {c: {"n": e["n"], **{k: _round(e[k]["mean"]) for k in keys}} for c, e in summary["per_category"].items()},
+    }
+
+
+def _round(value: float) -> Optional[float]:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+def _write(path: Path, results: dict) -> None:
+    path.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Build what the demo server needs, reproducibly and only when missing.
+
+``demo/datastore/`` (a MONAI Label local datastore):
+
+- ``DEMO_PHANTOMS`` synthetic chest radiographs with reports (``afloc-phantoms``; their finding
+  masks go to ``ground_truth/``, which MONAI Label does not list);
+- the real radiographs ``REAL_IMAGE_IDS`` from ``shared/data/cxr-notes`` with their clinical
+  notes as reports (``<id>.jpg`` + ``<id>.txt``);
+- the real CR DICOM ``RG1_UNCI.dcm`` from pydicom-data;
+- ``LICENSES.md``: each copied file's licence and source.
+
+``demo/checkpoint/``: AFLoc ``small`` trained from scratch on ``TRAIN_PHANTOMS`` other phantoms,
+with exactly these two commands (run as subprocesses, progress bar included)::
+
+    afloc-phantoms --out WORK/phantoms --n TRAIN_PHANTOMS --seed TRAIN_PHANTOM_SEED --size TRAIN_PHANTOM_SIZE
+    afloc-train --data WORK/phantoms --out WORK/checkpoint --config TRAIN_CONFIG \\
+        --max-steps TRAIN_MAX_STEPS --max-minutes TRAIN_MAX_MINUTES --seed TRAIN_SEED
+
+The recipe is the constants below; change them here. Usage::
+
+    python scripts/build_demo.py                 # build whatever is missing
+    python scripts/build_demo.py --force         # rebuild both
+    python scripts/build_demo.py --only datastore
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# ----------------------------------------------------------------------------- the recipe
+#: Phantom radiographs in the demo datastore (seed differs from training: unseen images).
+DEMO_PHANTOMS = 40
+DEMO_PHANTOM_SEED = 2024
+DEMO_PHANTOM_SIZE = 512
+#: Real radiographs copied from cxr-notes: CC BY 4.0 (0114, 0115, 0119) and CC BY-NC-SA
+#: (0001 lobar pneumonia, 0075 normal, 0086 lipoid pneumonia), all PA views.
+REAL_IMAGE_IDS = ("cxr_0001", "cxr_0075", "cxr_0086", "cxr_0114", "cxr_0115", "cxr_0119")
+#: Training set and schedule of the demo checkpoint.
+TRAIN_PHANTOMS = 800
+TRAIN_PHANTOM_SEED = 1
+TRAIN_PHANTOM_SIZE = 256
+TRAIN_CONFIG = "small"
+TRAIN_MAX_STEPS = 150
+#: Upper bound on the first start's wait. The step count makes the run reproducible; on a busy
+#: 2-core CPU (5-30 s a step) the bound can end it earlier, and then it is not bit-reproducible.
+TRAIN_MAX_MINUTES = 12.0
+TRAIN_SEED = 0
+
+# ----------------------------------------------------------------------------- defaults
+DEFAULT_DATASTORE = REPO_ROOT / "demo" / "datastore"
+DEFAULT_CHECKPOINT = REPO_ROOT / "demo" / "checkpoint"
+DEFAULT_CXR_NOTES = REPO_ROOT.parent / "shared" / "data" / "cxr-notes"
+#: Written last into the datastore folder: a datastore without it is incomplete and rebuilt.
+COMPLETE_MARKER = ".afloc-demo-complete"
+DICOM_NAME = "RG1_UNCI.dcm"
+
+
+def log(message: str) -> None:
+    print(f"[build_demo] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- datastore
+def datastore_complete(folder: Path) -> bool:
+    return (folder / COMPLETE_MARKER).is_file()
+
+
+def build_datastore(folder: Path, cxr_notes: Path) -> Path:
+    """Write the demo datastore into ``folder`` (emptied first); see the module docstring."""
+    rows = _read_cxr_rows(cxr_notes, REAL_IMAGE_IDS) if (cxr_notes / "pairs.csv").is_file() else []
+    if not rows:
+        log(f"warning: {cxr_notes / 'pairs.csv'} not found: the datastore gets no real radiographs "
+            "(pass --cxr-notes DIR to add them)")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    log(f"writing {DEMO_PHANTOMS} phantom radiographs into {folder}")
+    _run([sys.executable, "-m", "training.phantoms", "--out", str(folder), "--n", str(DEMO_PHANTOMS),
+          "--seed", str(DEMO_PHANTOM_SEED), "--size", str(DEMO_PHANTOM_SIZE)])
+
+    licences = []
+    for row in rows:
+        source = cxr_notes / row["file"]
+        target = folder / f"{row['id']}{source.suffix.lower()}"
+        shutil.copyfile(source, target)
+        (folder / f"{row['id']}.txt").write_text(row["report"].strip() + "\n", encoding="utf-8")
+        origin = f"https://doi.org/{row['source_doi']}" if row.get("source_doi") else row.get("source_url", "")
+        licences.append((target.name, row["license"], origin, row.get("source_file", ""), row.get("finding", "")))
+    log(f"copied {len(rows)} real radiographs with their notes from {cxr_notes}")
+
+    shutil.copyfile(pydicom_data_file(DICOM_NAME), folder / DICOM_NAME)
+    log(f"copied {DICOM_NAME} from pydicom-data")
+    (folder / "LICENSES.md").write_text(_licences_markdown(licences), encoding="utf-8")
+    (folder / COMPLETE_MARKER).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"), encoding="utf-8")
+    return folder
+
+
+def _read_cxr_rows(cxr_notes: Path, ids: Sequence[str]) -> list[dict[str, str]]:
+    table = cxr_notes / "pairs.csv"
+    if not table.is_file():
+        raise SystemExit(
+            f"build_demo: cannot find {table}: pass --cxr-notes DIR (the shared cxr-notes folder with pairs.csv)"
+        )
+    with table.open(newline="", encoding="utf-8") as handle:
+        by_id = {row["id"]: row for row in csv.DictReader(handle)}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise SystemExit(f"build_demo: {table} has no rows {', '.join(missing)}")
+    return [by_id[i] for i in ids]
+
+
+def _licences_markdown(real: Sequence[tuple[str, str, str, str, str]]) -> str:
+    lines = [
+        "# Licences of the demo datastore",
+        "",
+        "| file | licence | source | original file | case diagnosis |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, licence, origin, original, finding in real:
+        lines.append(f"| `{name}` (+ `.txt` note) | {licence} | {origin} | {original} | {finding} |")
+    lines += [
+        f"| `{DICOM_NAME}` | MIT (pydicom-data) | https://github.com/pydicom/pydicom-data | {DICOM_NAME} | unknown |",
+        "| `phantom_*.png` (+ `.txt` report, `ground_truth/`) | Apache-2.0 (generated by this project's "
+        "`afloc-phantoms`) | synthetic | - | see ground_truth/findings.csv |",
+        "",
+        "The real radiographs and notes come from the COVID-19 image data collection (Cohen et al., "
+        "arXiv:2003.11597) via `shared/data/cxr-notes`. Keep these licence and source lines when showing "
+        "or redistributing them; NC-licensed images must not be used commercially.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def pydicom_data_file(name: str) -> Path:
+    """A file of the pydicom-data package, found without pydicom's pkg_resources-based lookup."""
+    spec = importlib.util.find_spec("data_store")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "data" / name
+        if candidate.is_file():
+            return candidate
+    raise SystemExit(f"build_demo: {name} not found: install pydicom-data (a project dependency)")
+
+
+# ----------------------------------------------------------------------------- checkpoint
+def checkpoint_complete(folder: Path) -> bool:
+    return all((folder / name).exists() for name in ("config.yaml", "model.safetensors", "text_encoder"))
+
+
+def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
+    """Train the demo checkpoint with the recipe above and move it to ``folder``."""
+    work_dir = Path(tempfile.mkdtemp(prefix="afloc-demo-", dir=work))
+    try:
+        phantoms = work_dir / "phantoms"
+        trained = work_dir / "checkpoint"
+        log(f"writing {TRAIN_PHANTOMS} training phantoms (seed {TRAIN_PHANTOM_SEED})")
+        _run([sys.executable, "-m", "training.phantoms", "--out", str(phantoms), "--n", str(TRAIN_PHANTOMS),
+              "--seed", str(TRAIN_PHANTOM_SEED), "--size", str(TRAIN_PHANTOM_SIZE)])
+        log(f"training AFLoc '{TRAIN_CONFIG}' for {TRAIN_MAX_STEPS} steps (at most {TRAIN_MAX_MINUTES:g} min)")
+        _run([sys.executable, "-m", "training.cli", "--data", str(phantoms), "--out", str(trained),
+              "--config", TRAIN_CONFIG, "--max-steps", str(TRAIN_MAX_STEPS),
+              "--max-minutes", str(TRAIN_MAX_MINUTES), "--seed", str(TRAIN_SEED),
+              "--log-dir", str(work_dir / "logs")])
+        if not checkpoint_complete(trained):
+            raise SystemExit(f"build_demo: training finished without a checkpoint in {trained}")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        # The optimiser state (twice the weights' size) is only needed to resume this run.
+        shutil.copytree(trained, staging, ignore=shutil.ignore_patterns("train_state.pt"))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+        log(f"demo checkpoint ready in {folder}")
+        return folder
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run(command: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    result = subprocess.run(command, cwd=str(REPO_ROOT), env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"build_demo: command failed with status {result.returncode}: {' '.join(command)}")
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the AFLoc Label demo datastore and checkpoint if missing.")
+    parser.add_argument("--datastore", type=Path, default=DEFAULT_DATASTORE, help="default: demo/datastore")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="default: demo/checkpoint")
+    parser.add_argument("--cxr-notes", type=Path, default=DEFAULT_CXR_NOTES, help="default: ../shared/data/cxr-notes")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder for training (default: system temp)")
+    parser.add_argument("--only", choices=("datastore", "checkpoint"), default=None, help="build only this")
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    args = parser.parse_args(argv)
+
+    if args.only in (None, "datastore"):
+        foreign = args.datastore.is_dir() and any(args.datastore.iterdir()) and not datastore_complete(args.datastore)
+        if foreign and not args.force:
+            log(f"{args.datastore} holds files but was not completely built by this script (interrupted, or "
+                "someone else's data): rerun with --force to replace it, or pass another --datastore")
+            return 1
+        if args.force or not datastore_complete(args.datastore):
+            build_datastore(args.datastore.resolve(), args.cxr_notes.resolve())
+        else:
+            log(f"datastore present: {args.datastore}")
+    if args.only in (None, "checkpoint"):
+        if args.force or not checkpoint_complete(args.checkpoint):
+            build_checkpoint(args.checkpoint.resolve(), args.work)
+        else:
+            log(f"checkpoint present: {args.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

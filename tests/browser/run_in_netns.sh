@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the OHIF end-to-end check inside a private network namespace:
+#   unshare -n bash tests/browser/run_in_netns.sh OUT_DIR CHECKPOINT [PROMPT [MODALITY]]
+# MODALITY (CR or DX, default CR) picks the demo study opened in the viewer.
+# Orthanc (which listens on every interface), the AFLoc Label server and Chromium all live in
+# the namespace, where the only interface is loopback: nothing is reachable from outside and
+# nothing outside is reachable from the browser.
+# Environment: AFLOC_PYTHON (Python with the project installed, required), AFLOC_E2E_TIMEOUT_S
+# (browser part, default 100). Writes OUT_DIR/server.log and what ohif_e2e.js writes.
+set -euo pipefail
+OUT="$1"
+CHECKPOINT="$2"
+PROMPT="${3:-right pleural effusion}"
+MODALITY="${4:-CR}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PORT=8000
+ORTHANC_PORT=8042
+mkdir -p "$OUT"
+: "${AFLOC_PYTHON:?set AFLOC_PYTHON to the Python of the project}"
+
+ip link set lo up
+# Refuse to run where other interfaces exist: that is not a private namespace.
+if ip -o link show | awk -F': ' '{print $2}' | grep -qv '^lo$'; then
+  echo "run_in_netns.sh: interfaces other than lo exist; run it under 'unshare -n'" >&2
+  exit 3
+fi
+
+bash "$ROOT/scripts/start_ohif_mode.sh" --port "$PORT" --orthanc-port "$ORTHANC_PORT" \
+  --workdir "$OUT/work" --checkpoint "$CHECKPOINT" >"$OUT/server.log" 2>&1 &
+STACK_PID=$!
+stop_stack() {
+  if kill -0 "$STACK_PID" 2>/dev/null; then
+    kill -TERM "$STACK_PID" 2>/dev/null || true
+    wait "$STACK_PID" 2>/dev/null || true
+  fi
+}
+trap stop_stack EXIT
+
+for _ in $(seq 1 240); do
+  curl -sf "http://127.0.0.1:$PORT/info/" >/dev/null 2>&1 && break
+  kill -0 "$STACK_PID" 2>/dev/null || { echo "the server stack exited; see $OUT/server.log" >&2; tail -30 "$OUT/server.log" >&2; exit 4; }
+  sleep 0.5
+done
+curl -sf "http://127.0.0.1:$PORT/info/" >/dev/null || { echo "server not up after 120 s" >&2; tail -30 "$OUT/server.log" >&2; exit 4; }
+
+# The MODALITY study is opened in the viewer; every series is checked for its geometry.
+qido() { curl -sf "http://127.0.0.1:$ORTHANC_PORT/dicom-web/$1"; }
+# Prints the value of DICOM tag $1 (e.g. 0020000D) of every QIDO-RS result on stdin, one a line.
+uids() { "$AFLOC_PYTHON" -c 'import json, sys
+for item in json.load(sys.stdin):
+    print(item[sys.argv[1]]["Value"][0])' "$1"; }
+STUDY="$(qido "studies?ModalitiesInStudy=$MODALITY" | uids 0020000D | head -n 1)"
+[ -n "$STUDY" ] || { echo "no $MODALITY study in Orthanc" >&2; exit 4; }
+series_args=()
+while IFS= read -r uid; do
+  series_args+=(--check-series "$uid")
+done < <(qido 'series' | uids 0020000E)
+
+status=0
+node "$ROOT/tests/browser/ohif_e2e.js" --base-url "http://127.0.0.1:$PORT" --study "$STUDY" \
+  --out "$OUT" --prompt "$PROMPT" --timeout-s "${AFLOC_E2E_TIMEOUT_S:-100}" "${series_args[@]}" || status=$?
+exit "$status"

@@ -1,0 +1,247 @@
+"""The trainer and ``afloc-train``: determinism, checkpoints, resume (also after SIGKILL), errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from afloc_models.errors import AFLocError, CheckpointError, ConfigError
+from afloc_models.model import AFLoc
+from training.phantoms import write_phantom_datastore
+from training.trainer import STATE_FILE, lr_factor, read_train_state, train
+
+REPO = Path(__file__).resolve().parents[1]
+CXR_NOTES = Path("/work/shared/data/cxr-notes/pairs.csv")
+# 12 phantoms -> 10 training pairs (2 validate) -> 2 steps per epoch at batch 4.
+TINY = """\
+base: small
+embed_dim: 32
+optim: {{batch_size: 4, warmup_steps: 2, lr: 0.001, text_lr_scale: {text_lr_scale}}}
+data: {{resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}}
+"""
+
+
+def _config(folder: Path, text_lr_scale: float = 0.1) -> Path:
+    path = folder / f"tiny_{text_lr_scale}.yaml"
+    path.write_text(TINY.format(text_lr_scale=text_lr_scale))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trainer")
+    write_phantom_datastore(root / "data", 12, seed=0, size=64)
+    # One image is corrupt: found at load time, skipped and reported, training goes on.
+    (root / "data" / "phantom_00004.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(workspace):
+    """An uninterrupted 3-epoch run (6 steps) that other tests compare against."""
+    result = train(
+        workspace / "data", workspace / "ref", config=_config(workspace), epochs=3, seed=0, save_every=0,
+        progress=False, log_dir=workspace / "tb",
+    )
+    return result
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return AFLoc.from_pretrained(folder).state_dict()
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(80, 100, 10, "constant") == 1.0
+
+
+@pytest.mark.slow
+def test_run_writes_a_loadable_checkpoint_logs_and_history(reference, workspace):
+    assert reference.steps == 6 and reference.epochs == 3 and reference.stopped == "completed"
+    assert reference.train_pairs == 10 and reference.val_pairs == 2
+    assert len(reference.history) == 3 and all(h["val_loss"] is not None for h in reference.history)
+    assert reference.unreadable == [str(workspace / "data" / "phantom_00004.png")]
+    assert reference.skipped["unreadable"] == 1
+
+    model = AFLoc.from_pretrained(reference.checkpoint)
+    assert model.config.embed_dim == 32
+    assert model.meta["training"]["step"] == 6 and model.meta["training"]["epoch"] == 3
+    state = read_train_state(reference.checkpoint)
+    assert state["step"] == 6 and state["batch_in_epoch"] == 0 and len(state["history"]) == 3
+    assert list((workspace / "tb").glob("events.out.tfevents.*"))
+
+    # A from-scratch model must move: weights differ from a fresh init with the same seed.
+    torch.manual_seed(0)
+    fresh = AFLoc(model.config).state_dict()
+    key = "image_encoder.global_embedder.weight"
+    assert not torch.equal(fresh[key], model.state_dict()[key])
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_other_seed_differs(reference, workspace):
+    again = train(workspace / "data", workspace / "again", config=_config(workspace), epochs=3, seed=0,
+                  save_every=0, progress=False, log_dir=workspace / "tb2")
+    _assert_same_weights(reference.checkpoint, again.checkpoint)
+    other = train(workspace / "data", workspace / "seed1", config=_config(workspace), max_steps=1, seed=1,
+                  progress=False, log_dir=workspace / "tb3")
+    a, b = _weights(reference.checkpoint), _weights(other.checkpoint)
+    assert not torch.equal(a["image_encoder.local_embedder.weight"], b["image_encoder.local_embedder.weight"])
+
+
+@pytest.mark.slow
+def test_stop_check_then_resume_mid_epoch_matches_uninterrupted_run(reference, workspace):
+    out = workspace / "stopped"
+    calls = []
+
+    def stop_after_first_step() -> bool:
+        calls.append(1)
+        return True
+
+    first = train(workspace / "data", out, config=_config(workspace), epochs=3, seed=0, save_every=0,
+                  progress=False, stop_check=stop_after_first_step, log_dir=workspace / "tb4")
+    assert first.stopped == "stop_check" and first.steps == 1 and len(calls) == 1
+    state = read_train_state(out)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 0, 1)
+    AFLoc.from_pretrained(out)  # loadable while the run is unfinished
+
+    rest = train(workspace / "data", out, epochs=3, seed=0, save_every=0, resume=True, progress=False,
+                 log_dir=workspace / "tb4")
+    assert rest.resumed_from_step == 1 and rest.steps == 6 and rest.stopped == "completed"
+    assert [h["step"] for h in rest.history] == [2, 4, 6]
+    _assert_same_weights(reference.checkpoint, out)
+
+    # Resuming a finished run is a no-op; more epochs extend it.
+    assert train(workspace / "data", out, epochs=3, resume=True, progress=False, log_dir=workspace / "tb4").steps == 6
+
+
+def test_output_folder_guards_and_bad_states(workspace, tmp_path):
+    data = workspace / "data"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something.txt").write_text("x")
+    with pytest.raises(AFLocError, match="not empty"):
+        train(data, busy, config=_config(tmp_path), max_steps=1, progress=False)
+
+    with pytest.raises(CheckpointError, match="no AFLoc checkpoint"):
+        train(data, busy, resume=True, max_steps=1, progress=False)
+    assert (busy / "something.txt").is_file()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("hello: world\n")
+    with pytest.raises(CheckpointError, match="no training state"):
+        train(data, foreign, resume=True, max_steps=1, progress=False)
+
+    (foreign / STATE_FILE).write_bytes(b"definitely not a torch file")
+    with pytest.raises(CheckpointError, match="corrupt or unreadable"):
+        train(data, foreign, resume=True, max_steps=1, progress=False)
+
+    torch.save({"format": "something-else/9"}, foreign / STATE_FILE)
+    with pytest.raises(CheckpointError, match="not an AFLoc training state"):
+        read_train_state(foreign)
+
+    with pytest.raises(ConfigError, match="max_steps"):
+        train(data, tmp_path / "new", max_steps=0)
+
+
+@pytest.mark.slow
+def test_init_from_checks_architecture_and_resume_checks_config(reference, workspace, tmp_path):
+    other_arch = tmp_path / "wide.yaml"
+    other_arch.write_text("base: small\nembed_dim: 64\n")
+    with pytest.raises(CheckpointError, match="another architecture"):
+        train(workspace / "data", tmp_path / "ft", config=other_arch, init_from=reference.checkpoint,
+              max_steps=1, progress=False)
+    with pytest.raises(ConfigError, match="another config"):
+        train(workspace / "data", reference.checkpoint, config="small", resume=True, max_steps=7, progress=False)
+
+
+@pytest.mark.slow
+def test_init_from_fine_tunes_a_checkpoint(reference, workspace):
+    frozen_text = _config(workspace, text_lr_scale=0.0)
+    result = train(workspace / "data", workspace / "ft", config=frozen_text, init_from=reference.checkpoint,
+                   max_steps=1, progress=False, log_dir=workspace / "tb5")
+    tuned = AFLoc.from_pretrained(result.checkpoint)
+    base = _weights(reference.checkpoint)
+    assert tuned.meta["init_from"] == str(reference.checkpoint)
+    # Frozen text body kept exactly; the image encoder moved from the checkpoint's weights.
+    key = "text_encoder.model.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(tuned.state_dict()[key], base[key])
+    key = "image_encoder.global_embedder.weight"
+    assert not torch.equal(tuned.state_dict()[key], base[key])
+    assert (tuned.state_dict()[key] - base[key]).abs().max() < 0.05  # one small step, not a re-init
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300, **kwargs,
+    )
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    result = _cli("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"afloc-train: error: training data '{tmp_path / 'missing'}' does not exist"
+    ]
+    bad_config = _cli("--data", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "huge")
+    assert bad_config.returncode == 1 and "Traceback" not in bad_config.stderr
+    usage = _cli("--data", "x", "--out", "y", "--epochs", "0")
+    assert usage.returncode == 2 and "--epochs" in usage.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_reaches_the_same_weights(reference, workspace):
+    out = workspace / "killed"
+    args = ["--data", str(workspace / "data"), "--out", str(out), "--config", str(_config(workspace)),
+            "--epochs", "3", "--seed", "0", "--save-every", "1", "--no-progress",
+            "--log-dir", str(workspace / "tb6")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / STATE_FILE).exists():
+            assert process.poll() is None, "training ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    killed_at = read_train_state(out)["step"]
+    assert killed_at < 6, "the run finished before it could be killed"
+
+    resumed = _cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "completed after 6 steps" in resumed.stdout
+    state = read_train_state(out)
+    assert state["step"] == 6 and state["epoch"] == 3
+    _assert_same_weights(reference.checkpoint, out)
+
+
+@pytest.mark.skipif(not CXR_NOTES.is_file(), reason="cxr-notes data set not present")
+def test_real_data_smoke_few_steps(tmp_path):
+    result = train(CXR_NOTES, tmp_path / "cxr", config=_config(tmp_path, text_lr_scale=0.0), max_steps=2,
+                   progress=False, log_dir=tmp_path / "tb")
+    assert result.steps == 2 and result.train_pairs + result.val_pairs == 158
+    assert result.train_loss is not None and torch.isfinite(torch.tensor(result.train_loss))
+    AFLoc.from_pretrained(result.checkpoint)

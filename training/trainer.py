@@ -1,0 +1,783 @@
+"""Train AFLoc on image-report pairs: one process, or several under ``torchrun``.
+
+:func:`train` runs the loop: Adam with a warm-up + cosine schedule (a smaller learning rate for the
+pretrained text body), gradient clipping, bf16 autocast on GPU (fp32 on CPU, where it is
+bit-for-bit reproducible given the seed), a validation loss after every epoch, TensorBoard
+scalars and a tqdm progress bar.
+
+The output folder is an ordinary checkpoint (``AFLoc.from_pretrained(out)`` loads it at any time)
+that also holds ``train_state.pt``: optimiser moments, step, position inside the epoch, every
+rank's RNG state and the loss history. Each save writes weights and state together in one atomic
+rename, so a run killed at any moment resumes (``resume=True``) from its last save and ends with
+the same weights as an uninterrupted run on CPU.
+
+Positions are counted in *global batches*: batch ``k`` of epoch ``e`` is the ``k``-th slice of
+``global_batch`` indices of that epoch's seeded permutation, whatever the number of processes,
+so a run may be resumed with a different ``--nproc_per_node`` (same data, same batch size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from afloc_models.config import AFLocConfig, load_config
+from afloc_models.errors import AFLocError, CheckpointError, ConfigError
+from afloc_models.image_encoder import ImageFeatures
+from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc
+from afloc_models.text_encoder import TextFeatures
+from afloc_models.tokenization import TokenizedReports
+from training import distributed as D
+from training.data import (
+    Batch,
+    ImageReportPair,
+    PairDataset,
+    PairList,
+    ReportCollate,
+    describe_skipped,
+    load_pairs,
+    split_pairs,
+)
+
+logger = logging.getLogger("afloc.training")
+
+STATE_FILE = "train_state.pt"
+STATE_FORMAT = "afloc-train-state/1"
+#: Seed of the train/validation split: fixed, so runs with different seeds validate on the same pairs.
+SPLIT_SEED = 0
+#: Consecutive non-finite losses tolerated (update skipped each time) before giving up.
+MAX_BAD_STEPS = 20
+
+ConfigLike = Union[str, Path, AFLocConfig, None]
+
+
+@dataclass
+class TrainResult:
+    """What a :func:`train` call did.
+
+    Attributes:
+        checkpoint: the output folder (loadable with ``AFLoc.from_pretrained``).
+        steps: global batches trained in total, earlier (resumed) calls included.
+        epochs: completed epochs in total.
+        stopped: ``completed`` (planned epochs or ``max_steps`` done), ``max_minutes`` or ``stop_check``.
+        train_loss: mean training loss of the last (possibly partial) epoch of this call.
+        val_loss: validation loss after the last completed epoch (None without a validation set).
+        history: one dict per completed epoch (losses, time, images/s).
+        seconds: wall time of this call.
+        train_pairs / val_pairs: pairs on each side of the split.
+        skipped: pairs left out, by reason (listing: ``empty_report``, ``missing_image``, ...;
+            load time: ``unreadable``).
+        unreadable: images that failed to decode during this call.
+        resumed_from_step: the step this call started from (0 for a fresh run).
+    """
+
+    checkpoint: Path
+    steps: int
+    epochs: int
+    stopped: str
+    train_loss: Optional[float]
+    val_loss: Optional[float]
+    history: list[dict[str, Any]]
+    seconds: float
+    train_pairs: int
+    val_pairs: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+    resumed_from_step: int = 0
+
+
+# ------------------------------------------------------------------------------- public API
+def train(
+    data: Union[str, Path, PairList],
+    out: Union[str, Path],
+    config: ConfigLike = None,
+    epochs: Optional[int] = None,
+    max_steps: Optional[int] = None,
+    max_minutes: Optional[float] = None,
+    resume: bool = False,
+    seed: int = 0,
+    init_from: Union[str, Path, None] = None,
+    progress: bool = True,
+    stop_check: Optional[Callable[[], bool]] = None,
+    log_dir: Union[str, Path, None] = None,
+    save_every: int = 500,
+    device: Optional[str] = None,
+    reports_root: Union[str, Path, None] = None,
+    views: Sequence[str] = ("PA", "AP"),
+) -> TrainResult:
+    """Train (or continue training) AFLoc and write the checkpoint folder ``out``.
+
+    Args:
+        data: a datastore folder, a CSV manifest, a MIMIC-CXR-JPG root (see :mod:`training.data`)
+            or an already loaded :class:`PairList`.
+        out: checkpoint folder. Must not hold anything yet unless ``resume`` is set.
+        config: preset name, YAML path or :class:`AFLocConfig`. None means ``small`` for a fresh
+            run, the checkpoint's own config with ``init_from`` or ``resume``.
+        epochs: total epochs (default ``config.optim.epochs``).
+        max_steps: total global batches; the cosine schedule then ends there.
+        max_minutes: stop (and save) after this much training time in this call.
+        resume: continue the run saved in ``out`` (optimiser, schedule, epoch position, RNG).
+            When ``out`` holds no checkpoint yet, training starts fresh (from ``init_from`` if given).
+        seed: seeds weights, data order, crops and dropout.
+        init_from: checkpoint folder whose weights start a fresh run (fine-tuning).
+        progress: show a tqdm bar (loss, images/s, ETA) on rank 0.
+        stop_check: called after every step; returning True saves and stops cleanly.
+        log_dir: TensorBoard folder (default ``<out's parent>/logs/<out's name>``).
+        save_every: also save every this many steps (0: only at epoch ends and at the stop).
+        device: ``cpu`` or ``cuda`` (default: CUDA when available).
+        reports_root, views: MIMIC-CXR options, see :func:`training.data.load_pairs`.
+
+    Raises:
+        AFLocError: unusable data, config or checkpoint (message names the problem).
+    """
+    for name, value in (("epochs", epochs), ("max_steps", max_steps), ("max_minutes", max_minutes)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+    if save_every < 0:
+        raise ConfigError(f"save_every must be >= 0, got {save_every}")
+    already = torch.distributed.is_available() and torch.distributed.is_initialized()
+    ctx = D.init_distributed(device)
+    try:
+        run = _Run(ctx, Path(out).expanduser().resolve(), seed, save_every, progress, stop_check)
+        run.setup(data, config, resume, init_from, log_dir, reports_root, views, epochs, max_steps)
+        return run.loop(max_minutes)
+    finally:
+        if not already:
+            D.shutdown(ctx)
+
+
+def read_train_state(folder: Union[str, Path]) -> dict[str, Any]:
+    """The ``train_state.pt`` of a checkpoint folder, checked for format.
+
+    Raises:
+        CheckpointError: missing, corrupt, or not an AFLoc training state.
+    """
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"'{folder}' holds no training state ('{STATE_FILE}' is missing): it cannot be resumed; "
+            "use init_from / --init-from to fine-tune from it instead"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means a damaged or foreign file
+        raise CheckpointError(f"training state '{path}' is corrupt or unreadable: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"'{path}' is not an AFLoc training state (expected format '{STATE_FORMAT}')")
+    return state
+
+
+# ------------------------------------------------------------------------------ internals
+class _Encoders(nn.Module):
+    """Both encoders behind one ``forward`` so DistributedDataParallel can wrap them."""
+
+    def __init__(self, model: AFLoc):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, tokens: TokenizedReports) -> tuple[ImageFeatures, TextFeatures]:
+        return self.model.encode_image(images), self.model.encode_text(tokens)
+
+
+class _ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch ``skip`` indices in (a resumed position)."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.skip = 0
+
+    def start_epoch(self, epoch: int, skip: int) -> None:
+        self.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip :])
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)
+
+
+def lr_factor(step: int, total: int, warmup: int, scheduler: str) -> float:
+    """Multiplier of the base learning rate before update ``step`` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if scheduler == "constant":
+        return 1.0
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_as_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _fingerprint(pairs: Sequence[ImageReportPair]) -> str:
+    digest = hashlib.sha1()
+    for pair in pairs:
+        digest.update(f"{pair.id}\0{pair.image}\n".encode())
+    return f"{len(pairs)}:{digest.hexdigest()[:16]}"
+
+
+def _architecture(config: AFLocConfig) -> dict[str, Any]:
+    """The parts of a config that decide the weights' shapes."""
+    text = dataclasses.asdict(config.text)
+    for volatile in ("model_path", "random_init"):
+        text.pop(volatile)
+    return {"embed_dim": config.embed_dim, "image": dataclasses.asdict(config.image), "text": text}
+
+
+def freeze_unused(model: AFLoc) -> None:
+    """Freeze parameters that never reach the loss (BERT's pooler).
+
+    DistributedDataParallel then need not search the graph for unused parameters every step,
+    and no gradient bucket waits forever for them.
+    """
+    pooler = getattr(model.text_encoder.model, "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
+
+
+def _checkpoint_exists(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() or (folder / WEIGHTS_FILE).is_file()
+
+
+class _Run:
+    """State of one :func:`train` call (kept in an object so the loop reads top to bottom)."""
+
+    def __init__(
+        self,
+        ctx: D.DistContext,
+        out: Path,
+        seed: int,
+        save_every: int,
+        progress: bool,
+        stop_check: Optional[Callable[[], bool]],
+    ):
+        self.ctx = ctx
+        self.out = out
+        self.seed = seed
+        self.save_every = save_every
+        self.progress = progress and ctx.is_main
+        self.stop_check = stop_check
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.images_seen = 0
+        self.unreadable: list[str] = []
+        self.bad_steps = 0
+        self.resumed_from = 0
+        self.saved_step = -1
+        self.writer = None
+
+    # ------------------------------------------------------------------------------- setup
+    def setup(self, data, config, resume, init_from, log_dir, reports_root, views, epochs, max_steps) -> None:
+        ctx = self.ctx
+        state = None
+        if self.out.exists() and not self.out.is_dir():
+            raise AFLocError(f"output '{self.out}' is a file; --out must be a checkpoint folder")
+        occupied = self.out.is_dir() and any(self.out.iterdir())
+        if occupied and not resume:
+            raise AFLocError(
+                f"output folder '{self.out}' is not empty: pass resume (--resume) to continue "
+                "the checkpoint there, or choose a new folder"
+            )
+        if occupied and not _checkpoint_exists(self.out):
+            # Saving replaces the whole folder: never do that to files that are not ours.
+            raise CheckpointError(f"cannot resume '{self.out}': it holds files but no AFLoc checkpoint")
+        resuming = occupied
+        if resuming:
+            state = read_train_state(self.out)
+        # Listing the data is cheap next to building the model: fail on bad data first.
+        self.pairs = self._load_data(data, reports_root, views)
+        if resuming:
+            model = AFLoc.from_pretrained(self.out)
+            if config is not None and load_config(config).to_dict() != model.config.to_dict():
+                raise ConfigError(
+                    f"'{self.out}' was trained with another config; resume it without a config "
+                    "(its own config.yaml is used) or start a new output folder"
+                )
+            logger.info("resuming '%s' from step %d (epoch %d)", self.out, state["step"], state["epoch"])
+        else:
+            _seed_all(self.seed)
+            model = self._fresh_model(config, init_from)
+        self.config = model.config
+        self.model = model
+        train_pairs, val_pairs = split_pairs(self.pairs.pairs, self.config.data.val_fraction, SPLIT_SEED)
+        self.train_pairs, self.val_pairs = train_pairs, val_pairs
+        self._plan_batches(len(train_pairs))
+
+        channels = self.config.image.in_channels
+        self.train_set = PairDataset(train_pairs, self.config.data, channels, train=True, seed=self.seed)
+        self.val_set = PairDataset(val_pairs, self.config.data, channels, train=False, seed=self.seed)
+        self.collate = ReportCollate(model.tokenizer, channels, self.config.data.crop)
+        self.sampler = _ResumableSampler(self.train_set, ctx.world_size, ctx.rank, self.seed)
+        self.steps_per_epoch = len(self.sampler) // self.per_rank
+        self.epochs_target, self.total_steps = self._plan_length(epochs, max_steps)
+
+        model.to(ctx.device)
+        self._freeze_unused()
+        self.optimizer = self._optimizer()
+        if state is not None:
+            self._restore(state)
+        elif ctx.is_distributed:
+            # Same initial weights everywhere (DDP also broadcasts them); different dropout per rank.
+            torch.manual_seed(self.seed + 1_000_003 * ctx.rank)
+        self.encoders: nn.Module = _Encoders(model)
+        if ctx.is_distributed:
+            self.encoders = nn.parallel.DistributedDataParallel(
+                self.encoders, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+            )
+        if ctx.is_main:
+            self._open_writer(log_dir)
+            logger.info("%s", self.pairs.summary())
+            logger.info(
+                "training %d pairs (validation %d) on %d process(es), %s: batch %d, %d steps/epoch, "
+                "%d epochs, %d steps planned",
+                len(train_pairs), len(val_pairs), ctx.world_size, ctx.device, self.global_batch,
+                self.steps_per_epoch, self.epochs_target, self.total_steps,
+            )
+
+    def _fresh_model(self, config: ConfigLike, init_from) -> AFLoc:
+        if init_from is None:
+            return AFLoc(load_config(config if config is not None else "small"))
+        model = AFLoc.from_pretrained(Path(init_from).expanduser())
+        parent = dict(model.meta)
+        if config is not None:
+            wanted = load_config(config)
+            if _architecture(wanted) != _architecture(model.config):
+                raise CheckpointError(
+                    f"--init-from checkpoint '{init_from}' has another architecture than config "
+                    f"'{wanted.name}' (embed_dim/image/text differ); omit the config to fine-tune with the "
+                    "checkpoint's own, or give a config with the same architecture"
+                )
+            model.config = dataclasses.replace(
+                model.config, name=wanted.name, loss=wanted.loss, optim=wanted.optim, data=wanted.data
+            )
+        model.meta = {"init_from": str(init_from), "parent_version": parent.get("version")}
+        return model
+
+    def _load_data(self, data, reports_root, views) -> PairList:
+        if isinstance(data, PairList):
+            return data
+        # Rank 0 lists the source (one set of warnings); the others receive the list or the error.
+        payload: tuple[Optional[PairList], Optional[str]] = (None, None)
+        if self.ctx.is_main:
+            try:
+                payload = (load_pairs(data, reports_root=reports_root, views=views), None)
+            except AFLocError as exc:
+                payload = (None, str(exc))
+        pairs, error = D.broadcast_object(self.ctx, payload)
+        if error is not None:
+            raise AFLocError(error)
+        return pairs
+
+    def _plan_batches(self, n_train: int) -> None:
+        world = self.ctx.world_size
+        wanted = self.config.optim.batch_size
+        batch = min(wanted, n_train)
+        batch -= batch % world
+        if batch < 2 or batch < world:
+            raise AFLocError(
+                f"{n_train} training pairs cannot fill a contrastive batch of at least 2 "
+                f"across {world} process(es): add data"
+            )
+        if batch != wanted:
+            logger.warning(
+                "batch size %d reduced to %d (%d training pairs, %d processes)", wanted, batch, n_train, world
+            )
+        self.global_batch = batch
+        self.per_rank = batch // world
+
+    def _plan_length(self, epochs: Optional[int], max_steps: Optional[int]) -> tuple[int, int]:
+        if max_steps is not None and epochs is None:
+            return math.ceil(max_steps / self.steps_per_epoch), max_steps
+        n_epochs = epochs if epochs is not None else self.config.optim.epochs
+        total = n_epochs * self.steps_per_epoch
+        return n_epochs, total if max_steps is None else min(total, max_steps)
+
+    def _freeze_unused(self) -> None:
+        text = self.model.text_encoder
+        freeze_unused(self.model)
+        self.text_frozen = self.config.optim.text_lr_scale == 0
+        if self.text_frozen:
+            text.model.requires_grad_(False)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        optim = self.config.optim
+        if optim.scheduler not in ("cosine", "constant"):
+            raise ConfigError(f"optim.scheduler must be 'cosine' or 'constant', got '{optim.scheduler}'")
+        body = {id(p) for p in self.model.text_encoder.model.parameters()}
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for _, p in trainable if id(p) not in body], "base_lr": optim.lr},
+            {"params": [p for _, p in trainable if id(p) in body], "base_lr": optim.lr * optim.text_lr_scale},
+        ]
+        groups = [g for g in groups if g["params"]]
+        for group in groups:
+            group["lr"] = group["base_lr"]
+        self.trainable = [p for g in groups for p in g["params"]]
+        # The fused kernel updates all tensors in one pass: ~10x faster than the per-tensor loop on CPU.
+        fused = True if self.ctx.device.type in ("cpu", "cuda") else None
+        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            for group, base in zip(self.optimizer.param_groups, state["base_lrs"]):
+                group["base_lr"] = base
+            self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            self.history = list(state["history"])
+            self.images_seen = int(state["images_seen"])
+            rngs = state["rng"]
+            if state["seed"] != self.seed:
+                logger.warning("resuming a run started with seed %d; its seed is kept", state["seed"])
+                self.seed = int(state["seed"])
+                self.train_set.seed = self.seed
+                self.sampler.seed = self.seed
+            saved_batch = state["global_batch"]
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise CheckpointError(f"training state in '{self.out}' does not fit this run: {exc}") from None
+        if saved_batch != self.global_batch:
+            logger.warning(
+                "global batch changed from %d to %d: the interrupted epoch restarts from its beginning",
+                saved_batch, self.global_batch,
+            )
+            self.batch_in_epoch = 0
+        if state["data"] != _fingerprint(self.train_pairs):
+            logger.warning("the training pairs changed since the checkpoint; the epoch position is kept")
+        if len(rngs) == self.ctx.world_size:
+            _set_rng_state(rngs[self.ctx.rank])
+        else:
+            logger.warning("resumed with another number of processes: dropout RNG streams are re-seeded")
+            torch.manual_seed(self.seed + 1_000_003 * self.ctx.rank + self.step)
+        self.resumed_from = self.step
+
+    def _open_writer(self, log_dir) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        folder = Path(log_dir) if log_dir is not None else self.out.parent / "logs" / self.out.name
+        folder.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(folder), purge_step=self.step if self.step else None)
+
+    # -------------------------------------------------------------------------------- loop
+    def loop(self, max_minutes: Optional[float]) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        start = time.monotonic()
+        deadline = start + 60 * max_minutes if max_minutes is not None else None
+        stopped: Optional[str] = None
+        losses: list[float] = []
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True
+        )
+        self.saved_step = self.step if self.resumed_from else -1
+        try:
+            while stopped is None and self.epoch < self.epochs_target and self.step < self.total_steps:
+                if self.batch_in_epoch < self.steps_per_epoch:
+                    stopped = self._run_epoch(losses, deadline, bar)
+                if self.batch_in_epoch >= self.steps_per_epoch:
+                    self._end_epoch(losses, start)
+                    losses = []
+                    stopped = stopped or self._should_stop(deadline)
+            if self.saved_step != self.step:
+                self._save()
+        finally:
+            bar.close()
+            if self.writer is not None:
+                self.writer.close()
+        last = self.history[-1] if self.history else {}
+        train_loss = float(np.mean(losses)) if losses else last.get("train_loss")
+        skipped = dict(self.pairs.skipped)
+        if self.unreadable:
+            skipped["unreadable"] = len(self.unreadable)
+        return TrainResult(
+            checkpoint=self.out,
+            steps=self.step,
+            epochs=self.epoch,
+            stopped=stopped or "completed",
+            train_loss=train_loss,
+            val_loss=last.get("val_loss"),
+            history=list(self.history),
+            seconds=time.monotonic() - start,
+            train_pairs=len(self.train_pairs),
+            val_pairs=len(self.val_pairs),
+            skipped=skipped,
+            unreadable=list(self.unreadable),
+            resumed_from_step=self.resumed_from,
+        )
+
+    def _run_epoch(self, losses: list[float], deadline: Optional[float], bar) -> Optional[str]:
+        """Train from the current position to the epoch's end or a stop; returns the stop reason."""
+        self.sampler.start_epoch(self.epoch, self.batch_in_epoch * self.per_rank)
+        self.train_set.set_epoch(self.epoch)
+        tick = time.monotonic()
+        produced = False
+        for batch in self._loader():
+            produced = True
+            sizes = D.gather_sizes(self.ctx, len(batch))[:, 0]
+            values = self._train_step(batch, sizes)
+            self.step += 1
+            self.batch_in_epoch += 1
+            self.images_seen += int(sizes.sum())
+            now = time.monotonic()  # images/s over the whole step, data loading included
+            rate, tick = int(sizes.sum()) / max(now - tick, 1e-9), now
+            if values is not None:
+                losses.append(values["loss"])
+                self._log_step(values, rate)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{rate:.1f}", epoch=self.epoch + 1)
+            bar.update(1)
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                return None  # the epoch end validates, saves and checks for a stop
+            stopped = self._should_stop(deadline)
+            if stopped or (self.save_every and self.step % self.save_every == 0):
+                self._save()
+            if stopped:
+                return stopped
+        if not produced:  # nothing left in this epoch (e.g. the data shrank since the checkpoint)
+            self.batch_in_epoch = self.steps_per_epoch
+        return None
+
+    def _loader(self) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(
+            self.train_set,
+            batch_size=self.per_rank,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=workers,
+            collate_fn=self.collate,
+            pin_memory=self.ctx.device.type == "cuda",
+            # An explicit generator keeps worker seeding off the global RNG, so dropout draws
+            # (and therefore resumed runs) do not depend on when loaders are created.
+            generator=torch.Generator().manual_seed(self.seed),
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def _train_step(self, batch: Batch, sizes: torch.Tensor) -> Optional[dict[str, float]]:
+        """One optimiser update on the global batch (``sizes``: rows per rank); None when skipped."""
+        self._note_skipped(batch)
+        if int(sizes.min()) == 0 or int(sizes.sum()) < 2:
+            logger.warning("step %d skipped: too few readable images in the batch", self.step)
+            return None
+        self.encoders.train()
+        if self.text_frozen:
+            self.model.text_encoder.model.eval()  # frozen body: no dropout either
+        device = self.ctx.device
+        images = batch.images.to(device, non_blocking=True)
+        tokens = batch.tokens.to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            image, text = self.encoders(images, tokens)
+        image, text = _to_float(image), _to_float(text)
+        image, text = D.gather_features(self.ctx, image, text)
+        losses = self.model.compute_loss(image, text)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(
+                self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.total.backward()
+        grad_clip = self.config.optim.grad_clip
+        if grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([
+                p.grad.detach().norm() for p in self.trainable if p.grad is not None
+            ])))
+        values = losses.as_floats()
+        if not math.isfinite(values["loss"]) or not math.isfinite(grad_norm):
+            self.bad_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            logger.warning("step %d skipped: non-finite loss or gradient", self.step)
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise AFLocError(
+                    f"training diverged: {MAX_BAD_STEPS} consecutive non-finite losses at step {self.step}; "
+                    "lower optim.lr or raise optim.warmup_steps"
+                )
+            return None
+        self.bad_steps = 0
+        self.optimizer.step()
+        values["grad_norm"] = grad_norm
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        return values
+
+    def _note_skipped(self, batch: Batch) -> None:
+        for skipped in batch.skipped:
+            path = skipped.path or str(self.train_set.pairs[skipped.index].image)
+            if path not in self.unreadable:
+                self.unreadable.append(path)
+                logger.warning("%s", describe_skipped(self.train_set.pairs, skipped))
+
+    def _should_stop(self, deadline: Optional[float]) -> Optional[str]:
+        """``stop_check`` / ``max_minutes`` / planned total reached, agreed on by every rank."""
+        reason = None
+        if self.stop_check is not None and self.stop_check():
+            reason = "stop_check"
+        elif deadline is not None and time.monotonic() >= deadline:
+            reason = "max_minutes"
+        # Every rank must leave the loop at the same step; a peer's reason is not known here.
+        if D.any_rank(self.ctx, reason is not None):
+            return reason or "stop_check"
+        if self.step >= self.total_steps:
+            return "completed"
+        return None
+
+    def _end_epoch(self, losses: list[float], start: float) -> None:
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "minutes": (time.monotonic() - start) / 60,
+        }
+        if self.ctx.is_main:
+            record.update(self._validate())
+            if self.writer is not None:
+                for key, value in record.items():
+                    if key.startswith("val_") and value is not None:
+                        self.writer.add_scalar(f"val/{key[4:]}", value, self.step)
+            shown = f"{record['val_loss']:.4f}" if record.get("val_loss") is not None else "n/a"
+            logger.info("epoch %d done at step %d: train loss %s, val loss %s", self.epoch + 1, self.step,
+                        f"{record['train_loss']:.4f}" if record["train_loss"] is not None else "n/a", shown)
+        record = D.broadcast_object(self.ctx, record)
+        self.history.append(record)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._save()
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, Optional[float]]:
+        """Mean validation losses over batches of the global batch size (rank 0 only)."""
+        if len(self.val_set) < 2:
+            return {"val_loss": None}
+        loader = DataLoader(
+            self.val_set,
+            batch_size=self.global_batch,
+            shuffle=False,
+            num_workers=self.config.data.num_workers,
+            collate_fn=self.collate,
+        )
+        self.model.eval()
+        sums: Counter = Counter()
+        batches = 0
+        device = self.ctx.device
+        try:
+            for batch in loader:
+                if len(batch) < 2:
+                    continue
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    image = self.model.encode_image(batch.images.to(device))
+                    text = self.model.encode_text(batch.tokens.to(device))
+                losses = self.model.compute_loss(_to_float(image), _to_float(text)).as_floats()
+                sums.update(losses)
+                batches += 1
+        finally:
+            self.model.train()
+        if not batches:
+            return {"val_loss": None}
+        return {f"val_{key[5:] if key.startswith('loss_') else 'loss'}": value / batches for key, value in sums.items()}
+
+    def _log_step(self, values: dict[str, float], rate: float) -> None:
+        if self.writer is None:
+            return
+        for key, value in values.items():
+            self.writer.add_scalar(f"train/{key}", value, self.step)
+        self.writer.add_scalar("train/images_per_s", rate, self.step)
+
+    # ---------------------------------------------------------------------------- saving
+    def _save(self) -> None:
+        """Weights + training state in one atomic rename (collective: every rank calls it)."""
+        rngs = D.gather_objects(self.ctx, _rng_state())
+        if self.ctx.is_main:
+            state = {
+                "format": STATE_FORMAT,
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "global_batch": self.global_batch,
+                "world_size": self.ctx.world_size,
+                "seed": self.seed,
+                "total_steps": self.total_steps,
+                "optimizer": self.optimizer.state_dict(),
+                "base_lrs": [g["base_lr"] for g in self.optimizer.param_groups],
+                "rng": rngs,
+                "history": self.history,
+                "images_seen": self.images_seen,
+                "data": _fingerprint(self.train_pairs),
+            }
+            last = self.history[-1] if self.history else {}
+            meta = {
+                "version": f"{time.strftime('%Y%m%d-%H%M%S')}-step{self.step}",
+                "training": {
+                    "step": self.step,
+                    "epoch": self.epoch,
+                    "batch_in_epoch": self.batch_in_epoch,
+                    "images_seen": self.images_seen,
+                    "train_pairs": len(self.train_pairs),
+                    "val_pairs": len(self.val_pairs),
+                    "data": str(self.pairs.source),
+                    "seed": self.seed,
+                    "val_loss": last.get("val_loss"),
+                    "world_size": self.ctx.world_size,
+                },
+            }
+            self.model.save_pretrained(self.out, meta=meta, extra_writer=lambda d: torch.save(state, d / STATE_FILE))
+            if self.writer is not None:
+                self.writer.flush()
+        self.saved_step = self.step
+        D.barrier(self.ctx)
+
+
+def _to_float(features):
+    """Features cast to float32 (the losses run in fp32 even under bf16 autocast)."""
+    return dataclasses.replace(
+        features,
+        **{
+            f.name: getattr(features, f.name).float()
+            for f in dataclasses.fields(features)
+            if getattr(features, f.name).is_floating_point()
+        },
+    )
+
+
+__all__ = ["STATE_FILE", "TrainResult", "freeze_unused", "lr_factor", "read_train_state", "train"]
