@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["afloc_models*", "training*"]),
+    packages=find_packages(include=["afloc_models*", "afloc_training*"]),
     install_requires=[
         # Core model: pure PyTorch plus a local BERT-family text encoder.
         "torch>=2.2,<2.15",
@@ -48,8 +48,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "afloc-train=training.cli:main",
-            "afloc-phantoms=training.phantoms:main",
+            "afloc-train=afloc_training.cli:main",
+            "afloc-phantoms=afloc_training.phantoms:main",
             "afloc-eval=afloc_models.evaluation.cli:main",
         ]
     },

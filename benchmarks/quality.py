@@ -71,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[quality] %(message)s", stream=sys.stderr)
 
-    from training.phantoms import write_phantom_datastore
+    from afloc_training.phantoms import write_phantom_datastore
 
     args.work.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = args.work / "train", args.work / "test"
@@ -139,7 +139,7 @@ def _probe(train_dir: Path, out: Path, config: AFLocConfig, seed: int) -> float:
     import shutil
     import statistics
 
-    from training.trainer import train
+    from afloc_training.trainer import train
 
     stamps: list[float] = []
 
@@ -159,7 +159,7 @@ def _run(args, name: str, config: AFLocConfig, train_dir: Path, test_dir: Path, 
          seconds_per_step: float) -> dict[str, Any]:
     import shutil
 
-    from training.trainer import train
+    from afloc_training.trainer import train
 
     out = args.work / name
     shutil.rmtree(out, ignore_errors=True)

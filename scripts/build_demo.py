@@ -87,7 +87,7 @@ def build_datastore(folder: Path, cxr_notes: Path) -> Path:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     log(f"writing {DEMO_PHANTOMS} phantom radiographs into {folder}")
-    _run([sys.executable, "-m", "training.phantoms", "--out", str(folder), "--n", str(DEMO_PHANTOMS),
+    _run([sys.executable, "-m", "afloc_training.phantoms", "--out", str(folder), "--n", str(DEMO_PHANTOMS),
           "--seed", str(DEMO_PHANTOM_SEED), "--size", str(DEMO_PHANTOM_SIZE)])
 
     licences = []
@@ -165,10 +165,10 @@ def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
         phantoms = work_dir / "phantoms"
         trained = work_dir / "checkpoint"
         log(f"writing {TRAIN_PHANTOMS} training phantoms (seed {TRAIN_PHANTOM_SEED})")
-        _run([sys.executable, "-m", "training.phantoms", "--out", str(phantoms), "--n", str(TRAIN_PHANTOMS),
+        _run([sys.executable, "-m", "afloc_training.phantoms", "--out", str(phantoms), "--n", str(TRAIN_PHANTOMS),
               "--seed", str(TRAIN_PHANTOM_SEED), "--size", str(TRAIN_PHANTOM_SIZE)])
         log(f"training AFLoc '{TRAIN_CONFIG}' for {TRAIN_MAX_STEPS} steps (at most {TRAIN_MAX_MINUTES:g} min)")
-        _run([sys.executable, "-m", "training.cli", "--data", str(phantoms), "--out", str(trained),
+        _run([sys.executable, "-m", "afloc_training.cli", "--data", str(phantoms), "--out", str(trained),
               "--config", TRAIN_CONFIG, "--max-steps", str(TRAIN_MAX_STEPS),
               "--max-minutes", str(TRAIN_MAX_MINUTES), "--seed", str(TRAIN_SEED),
               "--log-dir", str(work_dir / "logs")])

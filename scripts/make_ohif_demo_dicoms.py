@@ -3,7 +3,7 @@
 - ``cr_chest_RG1.dcm``: the real chest CR ``RG1_UNCI.dcm`` shipped by the ``pydicom-data``
   package, copied unchanged (MONOCHROME1, 15 bits stored, and a real-world unusable
   ``PixelSpacing`` of ``0\\0``: the app falls back to 1 mm and says so in its reply).
-- ``dx_phantom.dcm``: a synthetic frontal chest radiograph (``training.phantoms``) written as a
+- ``dx_phantom.dcm``: a synthetic frontal chest radiograph (``afloc_training.phantoms``) written as a
   proper DX "for presentation" image: 12 bits stored, MONOCHROME2, ``PixelSpacing`` and
   ``ImagerPixelSpacing`` of :data:`DX_SPACING_MM`, patient orientation ``L\\F``. Its UIDs are
   derived from the seed, so writing it again gives the same instance (an upload to Orthanc is
@@ -31,7 +31,7 @@ __all__ = ["CR_NAME", "DX_NAME", "DX_SPACING_MM", "find_pydicom_data_file", "wri
 
 CR_NAME = "cr_chest_RG1.dcm"
 DX_NAME = "dx_phantom.dcm"
-#: Field of view the phantoms assume (400 mm, see ``training.phantoms``) over the default 1024 px.
+#: Field of view the phantoms assume (400 mm, see ``afloc_training.phantoms``) over the default 1024 px.
 DX_FIELD_OF_VIEW_MM = 400.0
 DX_SPACING_MM = DX_FIELD_OF_VIEW_MM / 1024
 _DIGITAL_XRAY_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -66,7 +66,7 @@ def write_demo_dx(out_dir: Path, seed: int = 5, size: int = 1024) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import generate_uid
 
-    from training.phantoms import generate_phantom
+    from afloc_training.phantoms import generate_phantom
 
     phantom = generate_phantom(np.random.default_rng(seed), size=size)
     spacing = DX_FIELD_OF_VIEW_MM / size

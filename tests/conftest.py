@@ -154,7 +154,7 @@ def write_datastore(
     extra: Optional[Mapping[str, bytes]] = None,
 ) -> Path:
     """A MONAI Label datastore folder: phantoms with reports, RG1_UNCI.dcm, extra files."""
-    from training.phantoms import write_phantom_datastore
+    from afloc_training.phantoms import write_phantom_datastore
 
     folder.mkdir(parents=True, exist_ok=True)
     if phantoms:

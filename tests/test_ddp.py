@@ -50,8 +50,8 @@ def _tiny_config():
 def _gradient_worker(out: Path) -> None:
     """Run under torchrun: DDP + gathered loss on rank-local rows; rank 0 adds the 1-process reference."""
     from afloc_models.model import AFLoc
-    from training.distributed import gather_features, init_distributed, shutdown
-    from training.trainer import _Encoders, freeze_unused
+    from afloc_training.distributed import gather_features, init_distributed, shutdown
+    from afloc_training.trainer import _Encoders, freeze_unused
 
     ctx = init_distributed("cpu")
     torch.manual_seed(0)
@@ -133,7 +133,7 @@ def test_two_process_gradient_equals_one_process_full_batch(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_train_and_write_a_checkpoint(tmp_path):
     from afloc_models.model import AFLoc
-    from training.phantoms import write_phantom_datastore
+    from afloc_training.phantoms import write_phantom_datastore
 
     write_phantom_datastore(tmp_path / "data", 12, seed=0, size=64)
     config = tmp_path / "tiny.yaml"
@@ -143,7 +143,7 @@ def test_torchrun_two_processes_train_and_write_a_checkpoint(tmp_path):
     )
     out = tmp_path / "ckpt"
     result = _torchrun(
-        "-m", "training.cli", "--data", str(tmp_path / "data"), "--out", str(out), "--config", str(config),
+        "-m", "afloc_training.cli", "--data", str(tmp_path / "data"), "--out", str(out), "--config", str(config),
         "--max-steps", "3", "--no-progress", "--log-dir", str(tmp_path / "tb"),
     )
     assert result.returncode == 0, result.stderr[-3000:]

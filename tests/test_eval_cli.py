@@ -17,7 +17,7 @@ from afloc_models.evaluation.cli import evaluate, main, score_case, summarize
 from afloc_models.evaluation.ground_truth import GroundTruthCase
 from afloc_models.evaluation.report import markdown_report, overlay, to_jsonable
 from afloc_models.model import AFLoc
-from training.phantoms import write_phantom_datastore
+from afloc_training.phantoms import write_phantom_datastore
 
 
 @pytest.fixture(scope="module")

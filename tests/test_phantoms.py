@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from afloc_models.errors import ConfigError
-from training.phantoms import (
+from afloc_training.phantoms import (
     CSV_COLUMNS,
     FINDING_NAMES,
     GROUND_TRUTH_DIR,
@@ -25,7 +25,7 @@ from training.phantoms import (
     generate_phantom,
     write_phantom_datastore,
 )
-from training.reports import parse_report
+from afloc_training.reports import parse_report
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
@@ -305,7 +305,7 @@ def test_monai_label_local_datastore_sees_only_the_images(tmp_path):
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "training.phantoms", *args],
+        [sys.executable, "-m", "afloc_training.phantoms", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -355,7 +355,7 @@ def test_killed_run_leaves_only_complete_images(tmp_path):
     out = tmp_path / "ds"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.phantoms", "--out", str(out), "--n", "2000", "--size", "256"],
+        [sys.executable, "-m", "afloc_training.phantoms", "--out", str(out), "--n", "2000", "--size", "256"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

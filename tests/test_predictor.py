@@ -434,8 +434,8 @@ PHANTOM_FINDINGS = {
 @pytest.fixture(scope="module")
 def phantom_predictor(tmp_path_factory) -> AFLocPredictor:
     """A small model trained from scratch on phantom image-report pairs."""
-    from training.phantoms import write_phantom_datastore
-    from training.trainer import train
+    from afloc_training.phantoms import write_phantom_datastore
+    from afloc_training.trainer import train
 
     root = tmp_path_factory.mktemp("phantom_model")
     write_phantom_datastore(root / "data", 300, seed=0, size=64)
@@ -458,7 +458,7 @@ def _auc(labels: list[bool], scores: list[float]) -> float:
 
 @pytest.mark.slow
 def test_zero_shot_classification_on_phantoms_beats_chance(phantom_predictor):
-    from training.phantoms import generate_phantom
+    from afloc_training.phantoms import generate_phantom
 
     labels: dict[str, list[bool]] = {name: [] for name in PHANTOM_FINDINGS}
     scores: dict[str, list[float]] = {name: [] for name in PHANTOM_FINDINGS}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from afloc_models.errors import AFLocError, EmptyReportError, PromptError
-from training.reports import (
+from afloc_training.reports import (
     extract_sections,
     negate_prompt,
     normalise_sentence,

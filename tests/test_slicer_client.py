@@ -68,7 +68,7 @@ def export_like_slicer(folder: Path, seed: int = 7) -> workflow.PreparedImage:
     Slicer holds a 2D image as ``[K, J, I] = [1, H, W]``; the file stores ``[I, J, K]``. The image
     is not square (H 256, W 200) so that a transposed result cannot pass.
     """
-    from training.phantoms import generate_phantom
+    from afloc_training.phantoms import generate_phantom
 
     pixels = generate_phantom(np.random.default_rng(seed), size=256).image[:, 28:228]  # [H, W]
     slicer_array = pixels[np.newaxis].astype(np.int16)  # [K, J, I]

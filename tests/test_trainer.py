@@ -14,8 +14,8 @@ import torch
 
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.model import AFLoc
-from training.phantoms import write_phantom_datastore
-from training.trainer import STATE_FILE, lr_factor, read_train_state, train
+from afloc_training.phantoms import write_phantom_datastore
+from afloc_training.trainer import STATE_FILE, lr_factor, read_train_state, train
 
 REPO = Path(__file__).resolve().parents[1]
 CXR_NOTES = Path("/work/shared/data/cxr-notes/pairs.csv")
@@ -192,7 +192,7 @@ def test_init_from_fine_tunes_a_checkpoint(reference, workspace):
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "afloc_training.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=300, **kwargs,
     )
 
@@ -216,7 +216,7 @@ def test_sigkill_mid_epoch_then_resume_reaches_the_same_weights(reference, works
             "--epochs", "3", "--seed", "0", "--save-every", "1", "--no-progress",
             "--log-dir", str(workspace / "tb6")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", *args], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "afloc_training.cli", *args], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240

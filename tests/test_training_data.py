@@ -14,7 +14,7 @@ from PIL import Image
 
 from afloc_models.config import DataConfig
 from afloc_models.errors import AFLocError
-from training.data import PairDataset, ReportCollate, Sample, Skipped, load_pairs, split_pairs
+from afloc_training.data import PairDataset, ReportCollate, Sample, Skipped, load_pairs, split_pairs
 
 CXR_NOTES = Path("/work/shared/data/cxr-notes/pairs.csv")
 DATA = DataConfig(resize=72, crop=64, mean=0.5, std=0.25, val_fraction=0.2, num_workers=0)
@@ -185,7 +185,7 @@ def test_mimic_reports_in_a_separate_tree(tmp_path):
 # --------------------------------------------------------------------------------- split
 def test_split_keeps_patients_together_and_is_deterministic(tmp_path):
     write_image(tmp_path / "x.png")
-    from training.data import ImageReportPair
+    from afloc_training.data import ImageReportPair
 
     pairs = [ImageReportPair(f"i{n}", tmp_path / "x.png", ("a",), group=f"g{n // 3}") for n in range(30)]
     train, val = split_pairs(pairs, 0.2, seed=3)
@@ -209,7 +209,7 @@ def tokenizer():
 
 
 def _pairs(tmp_path: Path, n: int = 3):
-    from training.data import ImageReportPair
+    from afloc_training.data import ImageReportPair
 
     out = []
     for i in range(n):
@@ -238,7 +238,7 @@ def test_dataset_crops_are_reproducible_and_normalised(tmp_path):
 
 
 def test_colour_images_become_luma_for_grayscale_models(tmp_path):
-    from training.data import ImageReportPair
+    from afloc_training.data import ImageReportPair
 
     image = write_image(tmp_path / "rgb.png", mode="RGB")
     sample = PairDataset([ImageReportPair("c", image, ("x",), "c")], DATA, channels=1, train=False)[0]

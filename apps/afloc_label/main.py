@@ -40,11 +40,10 @@ _REPO_ROOT = _APP_DIR.parents[1]
 
 
 def _use_repo_packages() -> None:
-    """Import ``afloc_models``/``training`` from this checkout, also in training subprocesses.
+    """Import ``afloc_models``/``afloc_training`` from this checkout, also in training subprocesses.
 
-    ``sam2`` (a monailabel dependency) installs an unrelated top-level package called
-    ``training``; the checkout must come first on the path, here and in the subprocesses
-    MONAI Label starts (they inherit ``PYTHONPATH``).
+    The checkout comes first on the path, here and in the subprocesses MONAI Label starts (they
+    inherit ``PYTHONPATH``), so the app always runs the code next to it.
     """
     if not (_REPO_ROOT / "afloc_models").is_dir():
         return  # app copied elsewhere: rely on the installed packages
@@ -54,10 +53,6 @@ def _use_repo_packages() -> None:
     sys.path.insert(0, root)
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
     os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
-    loaded = sys.modules.get("training")
-    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(root):
-        for name in [m for m in sys.modules if m == "training" or m.startswith("training.")]:
-            del sys.modules[name]
 
 
 _use_repo_packages()

@@ -2,7 +2,7 @@
 
 MONAI Label runs it in a subprocess (``POST /train/afloc_train``, status on ``GET /train/``,
 stop with ``DELETE /train/``, which kills the process). The run writes a new checkpoint folder
-under ``<model_dir>/runs/`` through :func:`training.trainer.train` and, only when it finished
+under ``<model_dir>/runs/`` through :func:`afloc_training.trainer.train` and, only when it finished
 (all steps, or its time budget), publishes it by swapping the ``current`` symlink; the infer
 tasks then serve it from their next request. A failed, stopped or killed run leaves the served
 model untouched.
@@ -43,7 +43,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "epochs": "",
     "seed": 0,
 }
-# Stop reasons of training.trainer.train after which the checkpoint is published.
+# Stop reasons of afloc_training.trainer.train after which the checkpoint is published.
 _PUBLISHABLE = ("completed", "max_minutes")
 # Seconds between progress updates of train_stats.json while a run is going.
 _STATS_EVERY_S = 5.0
@@ -70,7 +70,7 @@ class AFLocTrainTask(TrainTask):
         return stats if isinstance(stats, dict) else {}
 
     def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Dict[str, Any]:
-        from training.trainer import train
+        from afloc_training.trainer import train
 
         options = _parse_options(request)
         if not isinstance(datastore, AFLocDatastore):

@@ -7,7 +7,7 @@ One process::
 
 Several processes (one per GPU, or gloo on CPU)::
 
-    torchrun --nproc_per_node=N -m training.cli --data ... --out ...
+    torchrun --nproc_per_node=N -m afloc_training.cli --data ... --out ...
 
 A problem the user can fix (missing data, bad config, foreign checkpoint) prints one line naming it
 and exits with status 1. SIGINT/SIGTERM stop after the current step, save, and exit with 130/143;
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train AFLoc (annotation-free pathology localization) on image-report pairs.",
-        epilog="Several processes: torchrun --nproc_per_node=N -m training.cli --data ... --out ...",
+        epilog="Several processes: torchrun --nproc_per_node=N -m afloc_training.cli --data ... --out ...",
     )
     parser.add_argument("--data", required=True, help="MONAI Label datastore folder, CSV manifest or MIMIC-CXR-JPG root")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (loadable at any time during training)")
@@ -64,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _check_cheaply(args)
         # torch, transformers and MONAI take seconds to import: only once the arguments look right.
-        from training.trainer import train
+        from afloc_training.trainer import train
 
         _quiet_transformers()
         result = train(

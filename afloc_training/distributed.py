@@ -12,7 +12,7 @@ Ranks may hold different numbers of rows (an unreadable image was dropped) and t
 different numbers of words and sentences: tensors are zero-padded to the largest shape before the
 gather and the padding is cut away afterwards, so the padding never reaches the loss.
 
-Launch with ``torchrun --nproc_per_node=N -m training.cli ...``; a plain ``python -m training.cli``
+Launch with ``torchrun --nproc_per_node=N -m afloc_training.cli ...``; a plain ``python -m afloc_training.cli``
 runs one process without a process group.
 """
 

@@ -40,8 +40,8 @@ from afloc_models.image_encoder import ImageFeatures
 from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc
 from afloc_models.text_encoder import TextFeatures
 from afloc_models.tokenization import TokenizedReports
-from training import distributed as D
-from training.data import (
+from afloc_training import distributed as D
+from afloc_training.data import (
     Batch,
     ImageReportPair,
     PairDataset,
@@ -121,7 +121,7 @@ def train(
     """Train (or continue training) AFLoc and write the checkpoint folder ``out``.
 
     Args:
-        data: a datastore folder, a CSV manifest, a MIMIC-CXR-JPG root (see :mod:`training.data`)
+        data: a datastore folder, a CSV manifest, a MIMIC-CXR-JPG root (see :mod:`afloc_training.data`)
             or an already loaded :class:`PairList`.
         out: checkpoint folder. Must not hold anything yet unless ``resume`` is set.
         config: preset name, YAML path or :class:`AFLocConfig`. None means ``small`` for a fresh
@@ -138,7 +138,7 @@ def train(
         log_dir: TensorBoard folder (default ``<out's parent>/logs/<out's name>``).
         save_every: also save every this many steps (0: only at epoch ends and at the stop).
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
-        reports_root, views: MIMIC-CXR options, see :func:`training.data.load_pairs`.
+        reports_root, views: MIMIC-CXR options, see :func:`afloc_training.data.load_pairs`.
 
     Raises:
         AFLocError: unusable data, config or checkpoint (message names the problem).

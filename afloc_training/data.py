@@ -47,7 +47,7 @@ from afloc_models.config import DataConfig
 from afloc_models.errors import AFLocError, EmptyReportError, ImageReadError
 from afloc_models.imaging import letterbox, read_image, to_grayscale
 from afloc_models.tokenization import ReportTokenizer, TokenizedReports
-from training.reports import parse_report
+from afloc_training.reports import parse_report
 
 logger = logging.getLogger("afloc.training")
 
