@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the AFLoc Label demo: installs the environment if needed, builds the demo datastore and
 # checkpoint if missing (scripts/build_demo.py: a few minutes the first time), then runs the
-# MONAI Label server on http://127.0.0.1:8000 (Slicer: MONAILabel module; browser: /ohif/).
+# MONAI Label server on http://127.0.0.1:8000 (Slicer: MONAILabel or AFLoc module; for OHIF in the
+# browser use scripts/start_ohif_mode.sh, which serves the images over DICOMweb).
 #
 # Usage: bash scripts/start_demo.sh [extra monailabel start_server arguments...]
 #   e.g. bash scripts/start_demo.sh --conf device cpu
@@ -30,7 +31,7 @@ python "$ROOT/scripts/build_demo.py" --datastore "$STUDIES" --checkpoint "$CHECK
 if [ "$HOST" != "127.0.0.1" ] && [ "$HOST" != "localhost" ] && [ "${MONAI_LABEL_AUTH_ENABLE:-false}" != "true" ]; then
   echo "[start_demo] warning: binding to $HOST without MONAI_LABEL_AUTH_ENABLE=true; anyone who reaches it can use it" >&2
 fi
-echo "[start_demo] AFLoc Label on http://$HOST:$PORT  (API docs /docs, OHIF /ohif/, stop with Ctrl-C)" >&2
+echo "[start_demo] AFLoc Label on http://$HOST:$PORT  (API docs /docs; for OHIF run scripts/start_ohif_mode.sh; stop with Ctrl-C)" >&2
 cd "$ROOT"
 exec python -m monailabel.main start_server \
   --app "$ROOT/apps/afloc_label" \
