@@ -12,17 +12,16 @@ Public API:
     normalise_sentence(sentence) -> str
     parse_report(text, min_words=1) -> list[str]
     report_or_raise(text, min_words=1) -> list[str]      (raises EmptyReportError)
-    negate_prompt(prompt) -> str                           (raises PromptError)
 """
 
 from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from typing import Optional
 
-from afloc_models.errors import EmptyReportError, PromptError
+from afloc_models.errors import EmptyReportError
+from afloc_models.text_normalization import normalize_text
 
 __all__ = [
     "extract_sections",
@@ -30,7 +29,6 @@ __all__ = [
     "normalise_sentence",
     "parse_report",
     "report_or_raise",
-    "negate_prompt",
 ]
 
 # --- section headers ------------------------------------------------------------------------------
@@ -289,29 +287,10 @@ def split_sentences(text: str) -> list[str]:
 
 # --- normalisation --------------------------------------------------------------------------------
 
-# De-identification placeholders: MIMIC-CXR "___", MIMIC-II "[**Hospital1 18**]".
-_PLACEHOLDER = re.compile(r"_{2,}|\[\*\*.*?\*\*\]")
-_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
-_DECIMAL_SENTINEL = "\x01"
-
-
 def normalise_sentence(sentence: str) -> str:
-    """Lowercase ASCII words and numbers separated by single spaces.
-
-    Accented letters lose their accent ("é" -> "e"), other non-ASCII characters are dropped,
-    de-identification placeholders (``___``) are removed, apostrophes are dropped ("patient's" ->
-    "patients"), every other punctuation mark becomes a space, except the point of a decimal
-    number ("3.5"), which carries meaning a tokeniser can keep.
-    """
-    if not sentence:
-        return ""
-    text = _PLACEHOLDER.sub(" ", sentence)
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    text = text.lower().replace("'", "").replace("`", "")
-    text = _DECIMAL_POINT.sub(_DECIMAL_SENTINEL, text)
-    text = re.sub(r"[^a-z0-9\x01]+", " ", text.replace("_", " "))
-    text = text.replace(_DECIMAL_SENTINEL, ".")
-    return " ".join(text.split())
+    """Lowercase ASCII words and numbers; see :func:`afloc_models.text_normalization.normalize_text`,
+    which prompts go through too, so a prompt looks like a training sentence."""
+    return normalize_text(sentence)
 
 
 # --- pipeline -------------------------------------------------------------------------------------
@@ -363,26 +342,3 @@ def report_or_raise(text: object, min_words: int = 1) -> list[str]:
             f"or placeholders, or every sentence shorter than {min_words} word(s))"
         )
     return sentences
-
-
-# --- prompts --------------------------------------------------------------------------------------
-
-_NEGATION_START = re.compile(
-    r"^(?:no|not|without|none|negative\s+for|absence\s+of|absent|free\s+of|"
-    r"there\s+(?:is|are)\s+no|no\s+evidence\s+of)\b",
-    re.IGNORECASE,
-)
-
-
-def negate_prompt(prompt: str) -> str:
-    """"pleural effusion" -> "no pleural effusion"; an already negated prompt comes back as is.
-
-    Used for zero-shot classification (positive vs negated prompt). Surrounding whitespace is
-    trimmed. Raises :class:`PromptError` for an empty prompt.
-    """
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError(f"cannot negate an empty prompt: {prompt!r}")
-    prompt = prompt.strip()
-    if _NEGATION_START.match(prompt):
-        return prompt
-    return f"no {prompt}"

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from afloc_models.errors import AFLocError, EmptyReportError, PromptError
+from afloc_models.errors import AFLocError, EmptyReportError
 from afloc_training.reports import (
     extract_sections,
-    negate_prompt,
     normalise_sentence,
     parse_report,
     report_or_raise,
@@ -196,29 +195,12 @@ def test_very_long_report_is_parsed_quickly_and_completely():
     assert sentences[-1] == "pneumonia"
 
 
-@pytest.mark.parametrize(
-    "prompt, expected",
-    [
-        ("pleural effusion", "no pleural effusion"),
-        ("  Cardiomegaly ", "no Cardiomegaly"),
-        ("right lower zone opacity", "no right lower zone opacity"),
-        ("no pneumothorax", "no pneumothorax"),
-        ("No evidence of pneumothorax", "No evidence of pneumothorax"),
-        ("without effusion", "without effusion"),
-        ("there is no consolidation", "there is no consolidation"),
-        ("negative for edema", "negative for edema"),
-        ("nodule", "no nodule"),  # "nodule" starts with "no" but is not a negation
-        ("normal heart size", "no normal heart size"),
-    ],
-)
-def test_negate_prompt(prompt, expected):
-    assert negate_prompt(prompt) == expected
+def test_prompts_and_report_sentences_share_one_normaliser():
+    # A prompt must reach the text encoder in the same form as the training sentences.
+    from afloc_models.inference.predictor import normalize_prompt
 
-
-@pytest.mark.parametrize("prompt", ["", "   ", None])
-def test_negate_empty_prompt_raises(prompt):
-    with pytest.raises(PromptError, match="empty prompt"):
-        negate_prompt(prompt)
+    for text in ("Small LEFT-sided effusion (3.5 cm).", "Patient's café-au-lait ___ film"):
+        assert normalize_prompt(text) == normalise_sentence(text)
 
 
 @pytest.mark.skipif(not REAL_NOTES.is_file(), reason="shared cxr-notes data not present")

@@ -29,9 +29,7 @@ several threads may call one predictor at once.
 
 from __future__ import annotations
 
-import re
 import threading
-import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +62,7 @@ from afloc_models.inference.heatmap import (
     threshold_mask,
 )
 from afloc_models.model import AFLoc
+from afloc_models.text_normalization import counterpart, is_negated, normalize_text
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -198,22 +197,10 @@ class EncoderCounts:
 # Prompt text
 # --------------------------------------------------------------------------------------------
 
-_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
-_NON_WORD = re.compile(r"[^a-z0-9\x01]+")
-# Negation cues at the start of a prompt; group "lead" keeps "there is" for the counterpart.
-_NEGATION = re.compile(
-    r"^(?P<lead>there (?:is|are) )?"
-    r"(?:no evidence of|negative for|absence of|free of|without|no|not|none of)\s+(?P<rest>.+)$"
-)
-_THERE_IS = re.compile(r"^(?P<lead>there (?:is|are)) (?P<rest>.+)$")
-
 
 def normalize_prompt(prompt: object) -> str:
-    """Validate a prompt and normalise it the way training normalises report sentences.
-
-    Lowercase, accents folded to ASCII, other non-ASCII characters dropped, apostrophes
-    removed, other punctuation turned into spaces except a decimal point ("3.5 cm"), and
-    whitespace collapsed.
+    """Validate a prompt and normalise it the way training normalises report sentences
+    (:func:`afloc_models.text_normalization.normalize_text`).
 
     Raises:
         PromptError: not a string, longer than :data:`MAX_PROMPT_CHARS`, or no words left.
@@ -227,34 +214,10 @@ def normalize_prompt(prompt: object) -> str:
         )
     if not prompt.strip():
         raise PromptError("prompt is empty; name a finding, e.g. 'left pleural effusion'")
-    text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii")
-    text = text.lower().replace("'", "").replace("`", "")
-    text = _DECIMAL_POINT.sub("\x01", text)
-    text = _NON_WORD.sub(" ", text.replace("_", " ")).replace("\x01", ".")
-    text = " ".join(text.split())
+    text = normalize_text(prompt)
     if not text:
         raise PromptError(f"prompt {prompt[:60]!r} has no words (only punctuation or symbols)")
     return text
-
-
-def is_negated(normalized: str) -> bool:
-    """Whether a normalised prompt states an absence ("no pleural effusion")."""
-    return _NEGATION.match(normalized) is not None
-
-
-def counterpart(normalized: str) -> str:
-    """The opposite statement of a normalised prompt, for zero-shot classification.
-
-    "pleural effusion" <-> "no pleural effusion"; "there is pneumothorax" <-> "there is no
-    pneumothorax".
-    """
-    negation = _NEGATION.match(normalized)
-    if negation:
-        return f"{negation.group('lead') or ''}{negation.group('rest')}"
-    there = _THERE_IS.match(normalized)
-    if there:
-        return f"{there.group('lead')} no {there.group('rest')}"
-    return f"no {normalized}"
 
 
 @dataclass(frozen=True)

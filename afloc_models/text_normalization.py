@@ -1,0 +1,70 @@
+"""Text normalisation and negation shared by training (report sentences) and inference (prompts).
+
+A prompt must look like the sentences the model was trained on, so both sides use
+:func:`normalize_text`. Negation helpers let zero-shot classification pair a finding with its
+absence ("pleural effusion" <-> "no pleural effusion") and let localization recognise a prompt
+that names an absence.
+
+Public API:
+    normalize_text(text) -> str
+    is_negated(normalized) -> bool
+    counterpart(normalized) -> str
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+__all__ = ["counterpart", "is_negated", "normalize_text"]
+
+# De-identification placeholders: MIMIC-CXR "___", MIMIC-II "[**Hospital1 18**]".
+_PLACEHOLDER = re.compile(r"_{2,}|\[\*\*.*?\*\*\]")
+_DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
+_DECIMAL_SENTINEL = "\x01"
+_NON_WORD = re.compile(r"[^a-z0-9\x01]+")
+
+# Negation cues at the start of a normalised text; group "lead" keeps "there is" for the counterpart.
+_NEGATION = re.compile(
+    r"^(?P<lead>there (?:is|are) )?"
+    r"(?:no evidence of|negative for|absence of|free of|without|no|not|none of)\s+(?P<rest>.+)$"
+)
+_THERE_IS = re.compile(r"^(?P<lead>there (?:is|are)) (?P<rest>.+)$")
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase ASCII words and numbers separated by single spaces.
+
+    Accented letters lose their accent ("é" -> "e"), other non-ASCII characters are dropped,
+    de-identification placeholders (``___``) are removed, apostrophes are dropped ("patient's"
+    -> "patients"), every other punctuation mark becomes a space, except the point of a decimal
+    number ("3.5"), which carries meaning a tokeniser can keep.
+    """
+    if not text:
+        return ""
+    text = _PLACEHOLDER.sub(" ", text)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = text.lower().replace("'", "").replace("`", "")
+    text = _DECIMAL_POINT.sub(_DECIMAL_SENTINEL, text)
+    text = _NON_WORD.sub(" ", text.replace("_", " ")).replace(_DECIMAL_SENTINEL, ".")
+    return " ".join(text.split())
+
+
+def is_negated(normalized: str) -> bool:
+    """Whether a normalised text states an absence ("no pleural effusion", "without edema")."""
+    return _NEGATION.match(normalized) is not None
+
+
+def counterpart(normalized: str) -> str:
+    """The opposite statement of a normalised text, for zero-shot classification.
+
+    "pleural effusion" <-> "no pleural effusion"; "there is pneumothorax" <-> "there is no
+    pneumothorax".
+    """
+    negation = _NEGATION.match(normalized)
+    if negation:
+        return f"{negation.group('lead') or ''}{negation.group('rest')}"
+    there = _THERE_IS.match(normalized)
+    if there:
+        return f"{there.group('lead')} no {there.group('rest')}"
+    return f"no {normalized}"
