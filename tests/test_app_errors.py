@@ -71,6 +71,18 @@ def test_params_that_are_not_json_are_400(afloc_server_url):
     assert_json_error(post_infer(afloc_server_url, raw_params='{"prompt": "x"', image="phantom_00000"), 400, "json")
 
 
+@pytest.mark.parametrize("raw", ['["prompt", "x"]', '"nodule"', "3", "null"])
+def test_params_that_are_json_but_not_an_object_are_400(afloc_server_url, raw):
+    assert_json_error(post_infer(afloc_server_url, raw_params=raw, image="phantom_00000"), 400, "json object")
+    reply = requests.put(
+        f"{afloc_server_url}/datastore/label",
+        params={"image": "phantom_00000", "tag": "afloc_draft"},
+        files={"params": (None, raw), "label": ("x.nrrd", b"not read")},
+        timeout=60,
+    )
+    assert_json_error(reply, 400, "json object")
+
+
 def test_classify_without_findings_is_400(afloc_server_url):
     reply = post_infer(afloc_server_url, "afloc_classify", {"findings": " , ;"}, image="phantom_00000")
     assert_json_error(reply, 400, "findings")

@@ -21,7 +21,7 @@ every datastore image with a report). See ``docs/app.md``.
   thread barriers (measured on 2 cores under load: 1 thread 0.13 s a prompt, 2 threads 0.2-2 s).
 
 Importing this module inside the server also installs JSON error replies on MONAI Label's
-FastAPI app (``lib.http_errors``) and, when ``lib/ohif_static.py`` exists, its static-file fix.
+FastAPI app (``lib.http_errors``), a check that ``params`` is a JSON object (``lib.params_guard``) and, when ``lib/ohif_static.py`` exists, its static-file fix.
 """
 
 from __future__ import annotations
@@ -60,14 +60,16 @@ _use_repo_packages()
 import afloc_models  # noqa: E402
 from afloc_models.errors import ConfigError  # noqa: E402
 from monailabel.config import settings  # noqa: E402
+from monailabel.datastore.dicom import DICOMWebDatastore  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
-from lib import http_errors  # noqa: E402
+from lib import http_errors, params_guard  # noqa: E402
 from lib.checkpoints import ModelStore  # noqa: E402
 from lib.datastore import AFLocDatastore, datastore_extensions  # noqa: E402
+from lib.dicomweb_datastore import adopt  # noqa: E402
 from lib.errors import NotFoundError  # noqa: E402
 from lib.ids import check_image_id  # noqa: E402
 from lib.infers import AFLocClassifyTask, AFLocLocalizeTask  # noqa: E402
@@ -104,7 +106,8 @@ class AFLocLabelApp(MONAILabelApp):
     # ----------------------------------------------------------------- MONAI Label hooks
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            remote = super().init_datastore()
+            return adopt(remote) if isinstance(remote, DICOMWebDatastore) else remote
         return AFLocDatastore(
             self.studies,
             extensions=datastore_extensions(settings.MONAI_LABEL_DATASTORE_FILE_EXT),
@@ -209,6 +212,7 @@ def _install_server_hooks() -> None:
     if fastapi_app is None:
         return  # a training subprocess or a script: no HTTP server here
     http_errors.install(fastapi_app)
+    params_guard.install(fastapi_app)
     if (_APP_DIR / "lib" / "ohif_static.py").is_file():
         try:
             importlib.import_module("lib.ohif_static").install(fastapi_app)
