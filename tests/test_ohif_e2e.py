@@ -99,7 +99,9 @@ def e2e_run(afloc_checkpoint, tmp_path_factory) -> dict:
         f"browser run failed (exit {process.returncode}): {result.get('error')}\n"
         f"{stdout[-3000:]}\n{stderr[-3000:]}\n{_server_log(out)}"
     )
-    return {"result": result, "out": out}
+    dicomweb_file = out / "dicomweb.json"
+    dicomweb = json.loads(dicomweb_file.read_text()) if dicomweb_file.is_file() else {}
+    return {"result": result, "out": out, "dicomweb": dicomweb}
 
 
 def _stop_group(process: subprocess.Popen) -> None:
@@ -123,7 +125,7 @@ def _server_log(out: Path) -> str:
 def _keep_artifacts(out: Path) -> None:
     target = ARTIFACTS / "ohif"
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("result.json", "study-list.png", "viewport-before.png", "viewport-after.png", "ohif.png", "failure.png", "server.log", "label.nrrd"):
+    for name in ("result.json", "dicomweb.json", "study-list.png", "viewport-before.png", "viewport-after.png", "ohif.png", "failure.png", "server.log", "label.nrrd"):
         if (out / name).is_file():
             shutil.copyfile(out / name, target / name)
     if (out / "ohif.png").is_file():
@@ -224,6 +226,21 @@ def test_images_arrive_with_their_geometry(e2e_run):
     assert dx["image"]["spacing"] == pytest.approx([DX_SPACING_MM, DX_SPACING_MM])
     # RG1_UNCI.dcm states PixelSpacing 0\0: unknown, so 1 mm with spacing_known false.
     assert cr["image"]["spacing_known"] is False
+
+
+def test_drafts_and_heatmaps_are_kept_in_dicomweb_mode(e2e_run):
+    checks = e2e_run["dicomweb"]
+    assert checks.get("infer", {}).get("status") == 200, checks
+    assert checks["draft_fetch"]["status"] == 200 and checks["draft_fetch"]["bytes"] > 0, checks
+    # The float heatmap on the CR's 1955 x 1841 grid (NIfTI, uncompressed: ~14 MB).
+    assert checks["heatmap_fetch"]["status"] == 200 and checks["heatmap_fetch"]["bytes"] > 1955 * 1841 * 4, checks
+
+
+def test_a_final_label_is_stored_as_dicom_seg_in_dicomweb_mode(e2e_run):
+    checks = e2e_run["dicomweb"]
+    assert checks.get("save_final", {}).get("status") == 200, checks
+    new = set(checks["seg_after"]) - set(checks["seg_before"])
+    assert len(new) == 1, f"expected one new SEG series in Orthanc: {checks}"
 
 
 def test_screenshot_saved(e2e_run):

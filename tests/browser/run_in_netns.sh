@@ -6,7 +6,8 @@
 # the namespace, where the only interface is loopback: nothing is reachable from outside and
 # nothing outside is reachable from the browser.
 # Environment: AFLOC_PYTHON (Python with the project installed, required), AFLOC_E2E_TIMEOUT_S
-# (browser part, default 100). Writes OUT_DIR/server.log and what ohif_e2e.js writes.
+# (browser part, default 100). Writes OUT_DIR/server.log, what ohif_e2e.js writes and
+# OUT_DIR/dicomweb.json (tests/browser/dicomweb_checks.py).
 set -euo pipefail
 OUT="$1"
 CHECKPOINT="$2"
@@ -59,4 +60,9 @@ done < <(qido 'series' | uids 0020000E)
 status=0
 node "$ROOT/tests/browser/ohif_e2e.js" --base-url "http://127.0.0.1:$PORT" --study "$STUDY" \
   --out "$OUT" --prompt "$PROMPT" --timeout-s "${AFLOC_E2E_TIMEOUT_S:-100}" "${series_args[@]}" || status=$?
+# Datastore calls in DICOMweb mode (drafts, heatmaps, a final label stored as DICOM-SEG).
+if [ "$status" -eq 0 ] && [ -f "$OUT/label.nrrd" ]; then
+  "$AFLOC_PYTHON" "$ROOT/tests/browser/dicomweb_checks.py" "http://127.0.0.1:$PORT" \
+    "http://127.0.0.1:$ORTHANC_PORT/dicom-web" "$STUDY" "$OUT/label.nrrd" "$OUT/dicomweb.json" || status=$?
+fi
 exit "$status"

@@ -32,7 +32,7 @@ from lib.ids import check_image_id, check_tag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AFLocDatastore", "REPORT_KEY", "datastore_extensions"]
+__all__ = ["AFLocDatastore", "DeferredLabelWrites", "REPORT_KEY", "datastore_extensions"]
 
 #: Image-info key holding an image's report.
 REPORT_KEY = "report"
@@ -53,7 +53,72 @@ def datastore_extensions(base: Sequence[str]) -> list[str]:
     return merged
 
 
-class AFLocDatastore(LocalDatastore):
+class DeferredLabelWrites:
+    """Datastore mixin: labels stored after the reply, and readers that wait for them.
+
+    Used before a MONAI Label datastore class in the bases (``class X(DeferredLabelWrites,
+    LocalDatastore)``); it relies on that class's ``save_label``, ``get_label_uri`` and
+    ``get_label_info``.
+    """
+
+    def save_label_soon(
+        self,
+        image_id: str,
+        tag: str,
+        suffix: str,
+        write: Callable[[Path], object],
+        info: Dict[str, Any],
+    ) -> str:
+        """Store a label in the background; returns its label id at once.
+
+        ``write(path)`` creates the file (e.g. a 14 MB float heatmap, whose writing would
+        otherwise delay the reply). Until it is stored, :meth:`get_label_uri` and
+        :meth:`get_label_info` for ``(image_id, tag)`` wait for it, so a client that follows
+        the URL in the reply gets this label, not an older one. Writes run one at a time, in
+        the order they were asked for.
+        """
+        check_image_id(image_id)
+        check_tag(tag)
+        key = (image_id, tag)
+        self._pending_writes().begin(key)
+
+        def job() -> None:
+            try:
+                with tempfile.TemporaryDirectory(prefix="afloc-label-") as folder:
+                    path = Path(folder) / f"label{suffix}"
+                    write(path)
+                    self.save_label(image_id, str(path), tag, info)
+            except Exception:
+                logger.exception("could not store label %s/%s", tag, image_id)
+            finally:
+                self._pending_writes().end(key)
+
+        self._label_writer().submit(job)
+        return image_id
+
+    def get_label_uri(self, label_id: str, label_tag: str, *args: Any, **kwargs: Any) -> str:
+        self._pending_writes().wait((label_id, label_tag))
+        return super().get_label_uri(label_id, label_tag, *args, **kwargs)
+
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        self._pending_writes().wait((label_id, label_tag))
+        return super().get_label_info(label_id, label_tag)
+
+    def _pending_writes(self) -> "_PendingWrites":
+        # Created on first use: LocalDatastore.__init__ (which calls our overrides) runs first.
+        with _INIT_LOCK:
+            if getattr(self, "_pending", None) is None:
+                self._pending = _PendingWrites()
+            return self._pending
+
+    def _label_writer(self) -> ThreadPoolExecutor:
+        with _INIT_LOCK:
+            if getattr(self, "_writer", None) is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afloc-label-writer")
+            return self._writer
+
+
+class AFLocDatastore(DeferredLabelWrites, LocalDatastore):
     """A ``LocalDatastore`` whose images may have reports; see the module docstring."""
 
     # ----------------------------------------------------------------- reports
@@ -112,63 +177,6 @@ class AFLocDatastore(LocalDatastore):
         check_image_id(label_id, "label id")
         check_tag(label_tag)
         super().remove_label(label_id, label_tag)
-
-    # ----------------------------------------------------------------- labels written after the reply
-    def save_label_soon(
-        self,
-        image_id: str,
-        tag: str,
-        suffix: str,
-        write: Callable[[Path], object],
-        info: Dict[str, Any],
-    ) -> str:
-        """Store a label in the background; returns its label id at once.
-
-        ``write(path)`` creates the file (e.g. a 14 MB float heatmap, whose writing would
-        otherwise delay the reply). Until it is stored, :meth:`get_label_uri` and
-        :meth:`get_label_info` for ``(image_id, tag)`` wait for it, so a client that follows
-        the URL in the reply gets this label, not an older one. Writes run one at a time, in
-        the order they were asked for.
-        """
-        check_image_id(image_id)
-        check_tag(tag)
-        key = (image_id, tag)
-        self._pending_writes().begin(key)
-
-        def job() -> None:
-            try:
-                with tempfile.TemporaryDirectory(prefix="afloc-label-") as folder:
-                    path = Path(folder) / f"label{suffix}"
-                    write(path)
-                    self.save_label(image_id, str(path), tag, info)
-            except Exception:
-                logger.exception("could not store label %s/%s", tag, image_id)
-            finally:
-                self._pending_writes().end(key)
-
-        self._label_writer().submit(job)
-        return image_id
-
-    def get_label_uri(self, label_id: str, label_tag: str) -> str:
-        self._pending_writes().wait((label_id, label_tag))
-        return super().get_label_uri(label_id, label_tag)
-
-    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
-        self._pending_writes().wait((label_id, label_tag))
-        return super().get_label_info(label_id, label_tag)
-
-    def _pending_writes(self) -> "_PendingWrites":
-        # Created on first use: LocalDatastore.__init__ (which calls our overrides) runs first.
-        with _INIT_LOCK:
-            if getattr(self, "_pending", None) is None:
-                self._pending = _PendingWrites()
-            return self._pending
-
-    def _label_writer(self) -> ThreadPoolExecutor:
-        with _INIT_LOCK:
-            if getattr(self, "_writer", None) is None:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afloc-label-writer")
-            return self._writer
 
 
 _INIT_LOCK = threading.Lock()

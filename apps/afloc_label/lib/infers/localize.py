@@ -34,7 +34,7 @@ from afloc_models.inference.heatmap import DEFAULT_THRESHOLD
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from lib.datastore import AFLocDatastore
+from lib.datastore import DeferredLabelWrites
 from lib.errors import BadRequestError
 from lib.geometry import Geometry, geometry_for, is_dicom_file
 from lib.ids import check_tag
@@ -214,14 +214,14 @@ class AFLocLocalizeTask(InferTask):
         return str(result_file), params
 
     # ----------------------------------------------------------------- datastore side effects
-    def _local_datastore(self) -> Optional[AFLocDatastore]:
-        # Heatmaps and drafts are files in labels/<tag>/; a DICOMweb store would need DICOM-SEG.
+    def _local_datastore(self) -> Optional[DeferredLabelWrites]:
+        # Heatmaps and drafts are files in labels/<tag>/ (of the DICOMweb cache, too).
         datastore = self._datastore()
-        return datastore if isinstance(datastore, AFLocDatastore) else None
+        return datastore if isinstance(datastore, DeferredLabelWrites) else None
 
     def _store_heatmaps(
         self,
-        datastore: AFLocDatastore,
+        datastore: DeferredLabelWrites,
         image_id: str,
         results: Sequence[Any],
         geometry: Geometry,
@@ -248,7 +248,7 @@ class AFLocLocalizeTask(InferTask):
 
     def _store_draft(
         self,
-        datastore: AFLocDatastore,
+        datastore: DeferredLabelWrites,
         tag: str,
         image_id: str,
         label: np.ndarray,
