@@ -5,8 +5,8 @@ Two presets ship with the code:
 - ``publication``: the AFLoc paper's settings (ResNet-50, text encoder last 4 layers summed,
   temperatures 4/5/10, loss weights 1/1/1, Adam lr 2e-5 / weight decay 1e-6, batch 128,
   resize 256 then crop 224, 97 tokens).
-- ``small``: ResNet-18 on 128 px crops with a short schedule and a higher learning rate, so a
-  from-scratch run fits a 2-core CPU in minutes.
+- ``small``: ResNet-18 on 128 px crops with deep features at stride 8 (a 16x16 heatmap grid),
+  a short schedule and a higher learning rate, so a from-scratch run fits a 2-core CPU in minutes.
 
 A YAML file may hold any subset of fields; missing fields keep the preset named by its
 ``base`` key (default ``publication``).
@@ -33,6 +33,10 @@ class ImageEncoderConfig:
 
     arch: str = "resnet50"  #: ``resnet50`` (publication) or ``resnet18`` (small)
     in_channels: int = 3  #: channels of the first convolution; grayscale input is repeated to fit
+    #: Output stride of the deep (stage-3) features: 16 (publication) or 8, where stage 3 keeps
+    #: stage 2's resolution with dilated convolutions. 8 doubles the heatmap's resolution (a
+    #: 16x16 grid on a 128 px input) for small findings; weights are the same shapes either way.
+    deep_stride: int = 16
 
 
 @dataclass
@@ -168,7 +172,7 @@ def preset(name: str) -> AFLocConfig:
         return AFLocConfig(
             name="small",
             embed_dim=128,
-            image=ImageEncoderConfig(arch="resnet18", in_channels=1),
+            image=ImageEncoderConfig(arch="resnet18", in_channels=1, deep_stride=8),
             text=TextEncoderConfig(last_n_layers=4, max_tokens=64),
             loss=LossConfig(local_chunk_size=0),
             optim=OptimConfig(

@@ -29,7 +29,7 @@ class ImageFeatures:
 
     Attributes:
         shallow: stage-2 local features ``[B, D, H/8, W/8]``.
-        deep: stage-3 local features ``[B, D, H/16, W/16]``.
+        deep: stage-3 local features ``[B, D, H/16, W/16]`` (``H/8`` with ``deep_stride`` 8).
         global_: pooled stage-4 feature ``[B, D]``.
     """
 
@@ -48,6 +48,8 @@ class ImageEncoder(nn.Module):
             raise ConfigError(f"unknown image encoder '{config.arch}' (known: {', '.join(builders)})")
         if config.in_channels not in (1, 3):
             raise ConfigError(f"image.in_channels must be 1 or 3, got {config.in_channels}")
+        if config.deep_stride not in (8, 16):
+            raise ConfigError(f"image.deep_stride must be 8 or 16, got {config.deep_stride}")
         self.in_channels = config.in_channels
         # torchvision layout: stride-2 stem and bias-free downsample convs.
         self.backbone = builders[config.arch](
@@ -57,6 +59,9 @@ class ImageEncoder(nn.Module):
             bias_downsample=False,
             feed_forward=False,
         )
+        if config.deep_stride == 8:
+            _dilate_stage(self.backbone.layer3)
+        self.deep_stride = config.deep_stride
         shallow_ch, deep_ch, global_ch = STAGE_CHANNELS[config.arch]
         self.local2_embedder = nn.Conv2d(shallow_ch, embed_dim, kernel_size=1, bias=False)
         self.local_embedder = nn.Conv2d(deep_ch, embed_dim, kernel_size=1, bias=False)
@@ -91,3 +96,19 @@ class ImageEncoder(nn.Module):
             weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             return (images * weights).sum(dim=1, keepdim=True)
         raise ValueError(f"images have {channels} channels; the encoder takes 1 or 3")
+
+
+def _dilate_stage(stage: nn.Sequential) -> None:
+    """Trade a stage's stride 2 for dilation 2 (output stride halved, receptive field kept).
+
+    The convolutions that were strided still see undilated input; every later 3x3 convolution
+    samples every other pixel, as the stride would have made it. Only strides, dilations and
+    paddings change, so weights keep their shapes and names.
+    """
+    for module in stage.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        if module.stride == (2, 2):
+            module.stride = (1, 1)
+        elif module.kernel_size == (3, 3):
+            module.dilation, module.padding = (2, 2), (2, 2)

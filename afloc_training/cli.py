@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=None, help="preset (small, publication) or YAML file; default small")
     parser.add_argument("--epochs", type=_positive_int, default=None, help="total epochs (default: the config's)")
     parser.add_argument("--max-steps", type=_positive_int, default=None, help="total optimiser steps (global batches)")
-    parser.add_argument("--max-minutes", type=_positive_float, default=None, help="stop and save after this much time")
+    parser.add_argument("--max-minutes", type=_positive_float, default=None, help="stop and save after this much time; the cosine schedule ends then")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--init-from", default=None, help="checkpoint folder to fine-tune from")

@@ -128,7 +128,8 @@ def train(
             run, the checkpoint's own config with ``init_from`` or ``resume``.
         epochs: total epochs (default ``config.optim.epochs``).
         max_steps: total global batches; the cosine schedule then ends there.
-        max_minutes: stop (and save) after this much training time in this call.
+        max_minutes: stop (and save) after this much training time in this call; the cosine
+            schedule then also ends at this deadline (or at the planned steps, if sooner).
         resume: continue the run saved in ``out`` (optimiser, schedule, epoch position, RNG).
             When ``out`` holds no checkpoint yet, training starts fresh (from ``init_from`` if given).
         seed: seeds weights, data order, crops and dropout.
@@ -189,6 +190,7 @@ class _Encoders(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor, tokens: TokenizedReports) -> tuple[ImageFeatures, TextFeatures]:
+        images = images.contiguous(memory_format=torch.channels_last)
         return self.model.encode_image(images), self.model.encode_text(tokens)
 
 
@@ -210,14 +212,21 @@ class _ResumableSampler(DistributedSampler):
         return max(0, super().__len__() - self.skip)
 
 
-def lr_factor(step: int, total: int, warmup: int, scheduler: str) -> float:
-    """Multiplier of the base learning rate before update ``step`` (0-based)."""
+def lr_factor(
+    step: int, total: int, warmup: int, scheduler: str, time_fraction: Optional[float] = None
+) -> float:
+    """Multiplier of the base learning rate before update ``step`` (0-based).
+
+    Linear warm-up over ``warmup`` steps, then a cosine from 1 to 0 at step ``total``. With a time
+    budget, ``time_fraction`` (share of it used so far) advances the cosine too, so the rate
+    reaches 0 at whichever comes first, the planned steps or the deadline.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if scheduler == "constant":
         return 1.0
     span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
+    progress = min(1.0, max((step - warmup) / span, time_fraction or 0.0))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -309,6 +318,7 @@ class _Run:
         self.bad_steps = 0
         self.resumed_from = 0
         self.saved_step = -1
+        self.started = time.monotonic()
         self.writer = None
 
     # ------------------------------------------------------------------------------- setup
@@ -357,6 +367,8 @@ class _Run:
         self.epochs_target, self.total_steps = self._plan_length(epochs, max_steps)
 
         model.to(ctx.device)
+        # NHWC convolutions: oneDNN on CPU (~15% faster per step here) and tensor cores on GPU.
+        model.image_encoder.to(memory_format=torch.channels_last)
         self._freeze_unused()
         self.optimizer = self._optimizer()
         if state is not None:
@@ -505,7 +517,7 @@ class _Run:
     def loop(self, max_minutes: Optional[float]) -> TrainResult:
         from tqdm.auto import tqdm
 
-        start = time.monotonic()
+        start = self.started = time.monotonic()
         deadline = start + 60 * max_minutes if max_minutes is not None else None
         stopped: Optional[str] = None
         losses: list[float] = []
@@ -556,8 +568,13 @@ class _Run:
         produced = False
         for batch in self._loader():
             produced = True
-            sizes = D.gather_sizes(self.ctx, len(batch))[:, 0]
-            values = self._train_step(batch, sizes)
+            # Rows per rank, and the slowest rank's clock so every rank uses the same learning rate.
+            table = D.gather_sizes(self.ctx, len(batch), int(1000 * (time.monotonic() - self.started)))
+            sizes = table[:, 0]
+            time_fraction = None
+            if deadline is not None:
+                time_fraction = float(table[:, 1].max()) / 1000 / max(deadline - self.started, 1e-9)
+            values = self._train_step(batch, sizes, time_fraction)
             self.step += 1
             self.batch_in_epoch += 1
             self.images_seen += int(sizes.sum())
@@ -595,7 +612,9 @@ class _Run:
             prefetch_factor=4 if workers > 0 else None,
         )
 
-    def _train_step(self, batch: Batch, sizes: torch.Tensor) -> Optional[dict[str, float]]:
+    def _train_step(
+        self, batch: Batch, sizes: torch.Tensor, time_fraction: Optional[float]
+    ) -> Optional[dict[str, float]]:
         """One optimiser update on the global batch (``sizes``: rows per rank); None when skipped."""
         self._note_skipped(batch)
         if int(sizes.min()) == 0 or int(sizes.sum()) < 2:
@@ -614,7 +633,8 @@ class _Run:
         losses = self.model.compute_loss(image, text)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
-                self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler
+                self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler,
+                time_fraction,
             )
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()

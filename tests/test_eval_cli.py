@@ -86,13 +86,13 @@ def test_options_change_thresholds_and_disable_cis(checkpoint, phantoms, tmp_pat
         [
             "--checkpoint", str(checkpoint), "--data", str(phantoms / "ground_truth" / "findings.csv"),
             "--format", "masks", "--out", str(out), "--thresholds", "0.2,0.4", "--bootstrap", "0",
-            "--overlays", "0", "--similarity", "dot", "--level", "fused", "--empty", "drop", "--limit", "4", "--quiet",
+            "--overlays", "0", "--similarity", "cosine", "--level", "fused", "--empty", "drop", "--limit", "4", "--quiet",
         ]
     )  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["thresholds"] == [0.2, 0.4]
-    assert results["protocol"]["similarity"] == "dot" and results["protocol"]["level"] == "fused"
+    assert results["protocol"]["similarity"] == "cosine" and results["protocol"]["level"] == "fused"
     assert results["data"]["cases"] == 4 and results["overlays"] == []
     assert "iou@0.2" in results["overall"] and "iou@0.1" not in results["overall"]
     assert results["overall"]["miou"]["ci95_low"] is None

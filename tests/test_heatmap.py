@@ -37,18 +37,18 @@ def _iou(a, b):
 # ------------------------------------------------------------------------------ similarity
 
 
-def test_deep_similarity_is_cosine_per_cell():
+def test_deep_similarity_is_dot_or_cosine_per_cell():
     torch.manual_seed(0)
     deep = torch.randn(16, 3, 5)
     sentences = torch.randn(2, 16)
     sentences[1] = deep[:, 2, 4] * 3.0  # same direction as one cell, other length
-    maps = deep_similarity(deep, sentences)
+    maps = deep_similarity(deep, sentences, similarity="cosine")
     assert maps.shape == (2, 3, 5)
     expected = torch.nn.functional.cosine_similarity(deep[:, 1, 3], sentences[0], dim=0)
     assert maps[0, 1, 3].item() == pytest.approx(expected.item(), abs=1e-6)
     assert maps[1, 2, 4].item() == pytest.approx(1.0, abs=1e-6)
     assert maps[1].argmax().item() == 2 * 5 + 4
-    dot = deep_similarity(deep, sentences, similarity="dot")
+    dot = deep_similarity(deep, sentences)  # the default
     assert dot[0, 1, 3].item() == pytest.approx(float(deep[:, 1, 3] @ sentences[0]), rel=1e-5)
 
 
@@ -57,7 +57,7 @@ def test_shallow_similarity_averages_valid_words_only():
     shallow = torch.randn(8, 4, 4)
     words = torch.randn(2, 8, 3)
     n_words = torch.tensor([3, 1])
-    maps = shallow_similarity(shallow, words, n_words)
+    maps = shallow_similarity(shallow, words, n_words, similarity="cosine")
     cos = lambda w: torch.nn.functional.cosine_similarity(shallow, w[:, None, None], dim=0)  # noqa: E731
     assert torch.allclose(maps[0], (cos(words[0, :, 0]) + cos(words[0, :, 1]) + cos(words[0, :, 2])) / 3, atol=1e-6)
     # The second prompt has one word; its padding columns must not leak in.

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from afloc_models.config import AFLocConfig, load_config, preset
+from afloc_models.config import AFLocConfig, ImageEncoderConfig, load_config, preset
 from afloc_models.errors import CheckpointError, ConfigError, EmptyReportError
 from afloc_models.image_encoder import ImageEncoder
 from afloc_models.model import AFLoc
@@ -35,6 +35,24 @@ def test_image_encoder_levels_and_strides(arch, channels):
     assert feats.global_.shape == (2, 32)
     assert enc.local2_embedder.in_channels == channels[0]
     assert enc.local_embedder.in_channels == channels[1]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_deep_stride_8_doubles_the_deep_grid_with_the_same_weights(arch):
+    torch.manual_seed(0)
+    strided = ImageEncoder(ImageEncoderConfig(arch=arch), embed_dim=16).eval()
+    dilated = ImageEncoder(ImageEncoderConfig(arch=arch, deep_stride=8), embed_dim=16).eval()
+    dilated.load_state_dict(strided.state_dict())  # same names and shapes: checkpoints interchange
+    images = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        a, b = strided(images), dilated(images)
+    assert a.deep.shape == (1, 16, 6, 4) and b.deep.shape == (1, 16, 12, 8)
+    assert b.shallow.shape == a.shallow.shape == (1, 16, 12, 8)
+    torch.testing.assert_close(a.shallow, b.shallow)  # stages 1-2 untouched
+    assert b.global_.shape == (1, 16)
+    assert preset("small").image.deep_stride == 8
+    with pytest.raises(ConfigError, match="deep_stride"):
+        ImageEncoder(ImageEncoderConfig(arch=arch, deep_stride=4), embed_dim=16)
 
 
 def test_image_encoder_key_names_match_torchvision():

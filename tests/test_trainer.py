@@ -71,6 +71,10 @@ def test_lr_schedule_warms_up_then_follows_a_cosine():
     assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(99, 100, 10, "cosine") < 0.01
     assert lr_factor(80, 100, 10, "constant") == 1.0
+    # A time budget ends the cosine at the deadline when that comes before the planned steps.
+    assert lr_factor(20, 100, 10, "cosine", time_fraction=0.5) == pytest.approx(0.5)
+    assert lr_factor(20, 100, 10, "cosine", time_fraction=1.0) == pytest.approx(0.0)
+    assert lr_factor(90, 100, 10, "cosine", time_fraction=0.1) == lr_factor(90, 100, 10, "cosine")
 
 
 @pytest.mark.slow

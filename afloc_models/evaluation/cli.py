@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="zero",
         help="an empty predicted mask scores 0 (zero, default) or is left out (drop)",
     )
-    parser.add_argument("--similarity", choices=("cosine", "dot"), default="cosine", help="feature similarity")
+    parser.add_argument("--similarity", choices=("dot", "cosine"), default="dot", help="feature similarity of the maps")
     parser.add_argument("--level", choices=("deep", "shallow", "fused"), default="deep", help="feature level")
     parser.add_argument("--bootstrap", type=_non_negative, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--overlays", type=_non_negative, default=16, help="overlay PNGs to write (0: none)")

@@ -14,8 +14,11 @@ The path for one image and P prompts:
    8-connected component.
 
 Defaults (see :class:`HeatmapSettings`): the publication's deep-level map (deep local
-features vs the prompt's sentence embedding, cosine), smoothing sigma of half a deep-feature
-cell, threshold 0.3 on the ``[-1, 1]`` map (the middle of the protocol's 0.1 ... 0.5 sweep).
+features vs the prompt's sentence embedding) with the raw inner product, smoothing sigma of half
+a deep-feature cell, threshold 0.3 on the ``[-1, 1]`` map (the middle of the protocol's
+0.1 ... 0.5 sweep). The inner product is what the training attention scores regions with; on the
+phantom benchmark it gave CNR 2.0 against 1.2 for cosine, with an equal or better pointing game
+(docs/training.md).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class HeatmapSettings:
         level: ``deep`` (publication: deep local features vs the sentence embedding),
             ``shallow`` (mean over words of shallow local features vs each word) or ``fused``.
         fused_weights: ``(deep, shallow)`` weights of the ``fused`` level.
-        similarity: ``cosine`` (publication) or ``dot`` (raw inner product).
+        similarity: ``dot`` (raw inner product, as the training attention) or ``cosine``.
         sigma_cells: Gaussian smoothing sigma in deep-feature cells (16 input pixels for a
             ResNet); 0 disables smoothing.
         threshold: mask threshold on the ``[-1, 1]`` heatmap.
@@ -77,7 +80,7 @@ class HeatmapSettings:
 
     level: Level = "deep"
     fused_weights: tuple[float, float] = (0.5, 0.5)
-    similarity: Similarity = "cosine"
+    similarity: Similarity = "dot"
     sigma_cells: float = 0.5
     threshold: float = DEFAULT_THRESHOLD
     box_score: Literal["max", "mean"] = "max"
@@ -135,7 +138,7 @@ class Box:
 # --------------------------------------------------------------------------------------------
 
 
-def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: Similarity = "cosine") -> torch.Tensor:
+def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: Similarity = "dot") -> torch.Tensor:
     """Similarity of every deep local feature with every prompt's sentence embedding.
 
     Args:
@@ -154,7 +157,7 @@ def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: Sim
 
 
 def shallow_similarity(
-    shallow: torch.Tensor, words: torch.Tensor, n_words: torch.Tensor, similarity: Similarity = "cosine"
+    shallow: torch.Tensor, words: torch.Tensor, n_words: torch.Tensor, similarity: Similarity = "dot"
 ) -> torch.Tensor:
     """Mean over each prompt's words of the word-to-region similarity.
 
