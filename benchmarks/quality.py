@@ -34,6 +34,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+
 from afloc_models.config import AFLocConfig, load_config  # noqa: E402
 
 TARGETS = {"pointing_game": 0.6, "cnr": 1.0}
@@ -100,6 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "config": base.to_dict(),
         "targets": TARGETS,
     }
+    results["grid_ceiling"] = grid_ceiling(test_dir, base)
     results["main"] = _run(args, "main", base, train_dir, test_dir, args.minutes)
     results["targets_met"] = {
         similarity: {k: bool((m["overall"][k] or 0) >= v) for k, v in TARGETS.items()}
@@ -117,6 +120,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     _write(args.work / "quality.json", results)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def grid_ceiling(test_dir: Path, config: AFLocConfig) -> dict[str, Any]:
+    """Pointing game of a perfect map that peaks at a deep-grid cell centre, per finding.
+
+    A bilinearly upsampled grid map peaks at a cell centre, so a finding whose mask holds no
+    cell centre (a 5 px nodule between centres 16 px apart) cannot be hit however good the
+    features are. This bounds what the model's grid can reach on this test set.
+    """
+    from afloc_models.evaluation.cli import load_cases
+    from afloc_models.imaging import Letterbox, read_image
+
+    cases, _ = load_cases(test_dir)
+    size = config.data.crop
+    cells = size // config.image.deep_stride
+    hits: dict[str, list[bool]] = {}
+    for case in cases:
+        shape = read_image(case.image_path).pixels.shape[:2]
+        box = Letterbox.for_shape(shape, size)
+        # The original pixel nearest each cell centre: invert the letterbox on the centre points.
+        mask = case.mask(shape)
+        scale = size / cells
+        ys = (np.arange(cells) + 0.5) * scale
+        xs = (np.arange(cells) + 0.5) * scale
+        oy = np.floor((ys - box.pad_top) * shape[0] / box.resized_shape[0]).astype(int)
+        ox = np.floor((xs - box.pad_left) * shape[1] / box.resized_shape[1]).astype(int)
+        oy, ox = oy[(oy >= 0) & (oy < shape[0])], ox[(ox >= 0) & (ox < shape[1])]
+        hits.setdefault(case.category, []).append(bool(mask[np.ix_(oy, ox)].any()))
+    per = {c: round(float(np.mean(v)), 3) for c, v in sorted(hits.items())}
+    return {"cells": cells, "per_finding": per, "mean": round(float(np.mean(list(per.values()))), 3)}
 
 
 def _phantoms_ready(folder: Path, n: int, seed: int, size: int) -> bool:

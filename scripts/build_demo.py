@@ -49,14 +49,15 @@ DEMO_PHANTOM_SIZE = 512
 #: (0001 lobar pneumonia, 0075 normal, 0086 lipoid pneumonia), all PA views.
 REAL_IMAGE_IDS = ("cxr_0001", "cxr_0075", "cxr_0086", "cxr_0114", "cxr_0115", "cxr_0119")
 #: Training set and schedule of the demo checkpoint.
-TRAIN_PHANTOMS = 800
+TRAIN_PHANTOMS = 1500
 TRAIN_PHANTOM_SEED = 1
 TRAIN_PHANTOM_SIZE = 256
 TRAIN_CONFIG = "small"
-TRAIN_MAX_STEPS = 150
-#: Upper bound on the first start's wait. The step count makes the run reproducible; on a busy
-#: 2-core CPU (5-30 s a step) the bound can end it earlier, and then it is not bit-reproducible.
-TRAIN_MAX_MINUTES = 12.0
+TRAIN_MAX_STEPS = 240
+#: Upper bound on the first start's wait. The step count makes the run reproducible (about 3 s a
+#: step on an idle 2-core CPU: ~12 minutes); on a busy machine the bound can end it earlier, and
+#: then it is not bit-reproducible.
+TRAIN_MAX_MINUTES = 15.0
 TRAIN_SEED = 0
 
 # ----------------------------------------------------------------------------- defaults
