@@ -54,8 +54,8 @@ TRAIN_PHANTOM_SEED = 1
 TRAIN_PHANTOM_SIZE = 256
 TRAIN_CONFIG = "small"
 TRAIN_MAX_STEPS = 240
-#: Upper bound on the first start's wait. The step count makes the run reproducible (about 3 s a
-#: step on an idle 2-core CPU: ~12 minutes); on a busy machine the bound can end it earlier, and
+#: Upper bound on the first start's wait. The step count makes the run reproducible (about 2 s a
+#: step on an idle 2-core CPU: 8.6 minutes); on a busy machine the bound can end it earlier, and
 #: then it is not bit-reproducible.
 TRAIN_MAX_MINUTES = 15.0
 TRAIN_SEED = 0
