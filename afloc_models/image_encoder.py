@@ -61,7 +61,6 @@ class ImageEncoder(nn.Module):
         )
         if config.deep_stride == 8:
             _dilate_stage(self.backbone.layer3)
-        self.deep_stride = config.deep_stride
         shallow_ch, deep_ch, global_ch = STAGE_CHANNELS[config.arch]
         self.local2_embedder = nn.Conv2d(shallow_ch, embed_dim, kernel_size=1, bias=False)
         self.local_embedder = nn.Conv2d(deep_ch, embed_dim, kernel_size=1, bias=False)
