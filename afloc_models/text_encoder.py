@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -67,10 +67,13 @@ def load_hf_text_model(folder: Path, random_init: bool):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        # float32 whatever the folder stores (fp16 / bf16 exports are common): training and the
+        # heads expect it, and the predictor converts on its own when asked for bfloat16.
         if random_init:
-            model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModel.from_config(config, dtype=torch.float32)
         else:
-            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load the text encoder from '{folder}': {exc}") from None
     return model, tokenizer
@@ -111,6 +114,18 @@ class TextEncoder(nn.Module):
         self.word_proj = projection()
         self.sentence_proj = projection()
         self.report_proj = projection()
+        self._token_cache: Optional[TokenCache] = None
+
+    def cache_frozen_tokens(self, max_bytes: int) -> None:
+        """Remember the body's token embeddings per report (only valid while the body is frozen).
+
+        A frozen body (no gradients, eval mode) maps the same tokens to the same embeddings, so
+        a training run that revisits its reports each epoch can skip the body's forward pass
+        after the first epoch. ``max_bytes`` bounds the memory; reports beyond it are recomputed.
+        """
+        if any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError("the token cache needs a frozen text body (optim.text_lr_scale: 0)")
+        self._token_cache = TokenCache(max_bytes)
 
     def forward(self, tokens: TokenizedReports) -> TextFeatures:
         token_emb = self.token_embeddings(tokens)  # [B, T, H]
@@ -126,7 +141,12 @@ class TextEncoder(nn.Module):
         )
 
     def token_embeddings(self, tokens: TokenizedReports) -> torch.Tensor:
-        """Sum of the last N hidden layers, ``[B, T, H]``."""
+        """Sum of the last N hidden layers, ``[B, T, H]`` (from the cache where one is on)."""
+        if self._token_cache is not None and not self.model.training:
+            return self._token_cache.lookup(tokens, self._body)
+        return self._body(tokens)
+
+    def _body(self, tokens: TokenizedReports) -> torch.Tensor:
         out = self.model(
             input_ids=tokens.input_ids,
             attention_mask=tokens.attention_mask,
@@ -134,6 +154,53 @@ class TextEncoder(nn.Module):
             return_dict=True,
         )
         return torch.stack(out.hidden_states[-self.last_n_layers :], dim=0).sum(dim=0)
+
+
+class TokenCache:
+    """Token embeddings ``[T_i, H]`` of a frozen text body, keyed by each report's token ids."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._rows: dict[bytes, torch.Tensor] = {}
+
+    def lookup(self, tokens: TokenizedReports, body: Callable[[TokenizedReports], torch.Tensor]) -> torch.Tensor:
+        """Embeddings ``[B, T, H]`` of ``tokens``; rows not cached yet go through ``body`` at once."""
+        lengths = tokens.attention_mask.sum(dim=1).tolist()
+        ids = tokens.input_ids.cpu().numpy()
+        keys = [ids[i, :n].tobytes() for i, n in enumerate(lengths)]
+        missing = [i for i, key in enumerate(keys) if key not in self._rows]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            index = torch.tensor(missing, device=tokens.input_ids.device)
+            computed = body(_select_rows(tokens, index))  # [M, T, H]
+            for row, i in enumerate(missing):
+                fresh[i] = computed[row, : lengths[i]]
+                if self.bytes + fresh[i].numel() * fresh[i].element_size() <= self.max_bytes:
+                    self._rows[keys[i]] = fresh[i].detach().clone()
+                    self.bytes += fresh[i].numel() * fresh[i].element_size()
+        first = fresh[missing[0]] if missing else self._rows[keys[0]]
+        out = first.new_zeros(len(keys), tokens.input_ids.shape[1], first.shape[-1])
+        # Pad positions stay zero: no word takes tokens from them (token_word is -1 there).
+        for i, key in enumerate(keys):
+            out[i, : lengths[i]] = fresh[i] if i in fresh else self._rows[key]
+        return out
+
+
+def _select_rows(tokens: TokenizedReports, index: torch.Tensor) -> TokenizedReports:
+    return TokenizedReports(
+        input_ids=tokens.input_ids.index_select(0, index),
+        attention_mask=tokens.attention_mask.index_select(0, index),
+        token_word=tokens.token_word.index_select(0, index),
+        word_sentence=tokens.word_sentence.index_select(0, index),
+        n_words=tokens.n_words.index_select(0, index),
+        n_sentences=tokens.n_sentences.index_select(0, index),
+        words=[tokens.words[i] for i in index.tolist()],
+    )
 
 
 def merge_words(token_emb: torch.Tensor, token_word: torch.Tensor, n_words: int) -> torch.Tensor:

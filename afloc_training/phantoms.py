@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -1116,8 +1117,33 @@ def _clear_previous(out_dir: Path, overwrite: bool) -> None:
         ground_truth.unlink()
 
 
+def _write_phantom(out: Path, seed: int, size: int, width: int, index: int) -> list[dict[str, str]]:
+    """Draw phantom ``index`` and write its report, masks and image; return its findings.csv rows."""
+    phantom = generate_phantom(np.random.default_rng([seed, index]), size)
+    stem = f"phantom_{index:0{width}d}"
+    masks_dir = out / GROUND_TRUTH_DIR / MASKS_DIR
+    _atomic_write(out / f"{stem}.txt", phantom.report.encode("utf-8"))
+    rows = []
+    for k, finding in enumerate(phantom.findings):
+        mask_name = f"{stem}_{k}_{finding.name}.png"
+        _atomic_write(masks_dir / mask_name, _png_bytes(finding.mask.astype(np.uint8) * 255))
+        rows.append(
+            {
+                "image": f"../{stem}.png",
+                "finding": finding.name,
+                "side": finding.side or "",
+                "zone": finding.zone or "",
+                "prompt": finding.prompt,
+                "mask_file": f"{MASKS_DIR}/{mask_name}",
+            }
+        )
+    # The image last: an image that exists always has its report and masks.
+    _atomic_write(out / f"{stem}.png", _png_bytes(phantom.image))
+    return rows
+
+
 def write_phantom_datastore(
-    out_dir: str | os.PathLike, n: int, seed: int, size: int = 256, overwrite: bool = False
+    out_dir: str | os.PathLike, n: int, seed: int, size: int = 256, overwrite: bool = False, workers: int = 1
 ) -> Path:
     """Write ``n`` phantoms as a MONAI Label local datastore folder and return its path.
 
@@ -1137,9 +1163,12 @@ def write_phantom_datastore(
     findings needs no more. Phantom ``i`` depends only on ``(seed, i)``, so the same arguments give
     byte-identical files and a smaller ``n`` gives a prefix of a larger one. Every file is written
     atomically; the image last, so an image that exists always has its report and masks.
+    ``workers`` > 1 draws phantoms in that many processes; the files are the same either way.
     Raises ConfigError for bad arguments or when ``out_dir`` already holds phantoms and
     ``overwrite`` is False.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     out = Path(out_dir)
@@ -1149,27 +1178,19 @@ def write_phantom_datastore(
     masks_dir.mkdir(parents=True, exist_ok=True)
 
     width = max(5, len(str(n - 1)))
+    write = functools.partial(_write_phantom, out, int(seed), int(size), width)
     rows: list[dict[str, str]] = []
     with tqdm(total=n, desc="afloc-phantoms", unit="image", disable=n <= 50, file=sys.stderr) as bar:
-        for index in range(n):
-            phantom = generate_phantom(np.random.default_rng([int(seed), index]), int(size))
-            stem = f"phantom_{index:0{width}d}"
-            _atomic_write(out / f"{stem}.txt", phantom.report.encode("utf-8"))
-            for k, finding in enumerate(phantom.findings):
-                mask_name = f"{stem}_{k}_{finding.name}.png"
-                _atomic_write(masks_dir / mask_name, _png_bytes(finding.mask.astype(np.uint8) * 255))
-                rows.append(
-                    {
-                        "image": f"../{stem}.png",
-                        "finding": finding.name,
-                        "side": finding.side or "",
-                        "zone": finding.zone or "",
-                        "prompt": finding.prompt,
-                        "mask_file": f"{MASKS_DIR}/{mask_name}",
-                    }
-                )
-            _atomic_write(out / f"{stem}.png", _png_bytes(phantom.image))
-            bar.update(1)
+        if workers > 1:
+            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+                # Ordered results keep findings.csv in index order, as a single process writes it.
+                for phantom_rows in pool.map(write, range(n), chunksize=16):
+                    rows.extend(phantom_rows)
+                    bar.update(1)
+        else:
+            for index in range(n):
+                rows.extend(write(index))
+                bar.update(1)
 
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -1211,6 +1232,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--size", type=int, default=256, help=f"image side in pixels ({MIN_SIZE}-{MAX_SIZE}, default 256)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace phantoms already in --out")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing phantoms (same files; default 1)")
     return parser
 
 
@@ -1225,7 +1247,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out '{args.out}' is a file, not a folder")
     try:
-        out = write_phantom_datastore(args.out, args.n, args.seed, args.size, overwrite=args.overwrite)
+        out = write_phantom_datastore(
+            args.out, args.n, args.seed, args.size, overwrite=args.overwrite, workers=max(1, args.workers)
+        )
     except AFLocError as error:
         print(f"afloc-phantoms: error: {error}", file=sys.stderr)
         return 1

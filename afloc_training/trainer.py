@@ -60,6 +60,8 @@ STATE_FORMAT = "afloc-train-state/1"
 SPLIT_SEED = 0
 #: Consecutive non-finite losses tolerated (update skipped each time) before giving up.
 MAX_BAD_STEPS = 20
+#: Memory for the frozen text body's token embeddings (2,000 phantom reports take ~0.15 GiB).
+TOKEN_CACHE_BYTES = 2 << 30
 
 ConfigLike = Union[str, Path, AFLocConfig, None]
 
@@ -455,6 +457,8 @@ class _Run:
         self.text_frozen = self.config.optim.text_lr_scale == 0
         if self.text_frozen:
             text.model.requires_grad_(False)
+            # Each epoch revisits the same reports: a frozen body needs to read each one once.
+            text.cache_frozen_tokens(TOKEN_CACHE_BYTES)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim

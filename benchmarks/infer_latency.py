@@ -138,7 +138,7 @@ def measure(model: AFLoc, device: str, precision: str, path: Path, repeats: int,
     # Stages of the first measurement, one at a time.
     settings = HeatmapSettings()
     pixels = read_image(path).pixels
-    square, box = letterbox(pixels, model.config.data.crop)
+    square, box = letterbox(pixels, model.config.data.inference_size)
     batch = ((torch.from_numpy(square)[None, None] - 0.5) / 0.5).to(device, dtype=predictor.dtype)
     batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -162,7 +162,7 @@ def measure(model: AFLoc, device: str, precision: str, path: Path, repeats: int,
     stage_repeats = max(5, repeats // 2)
     stages = {
         "read_dicom": both(timed(lambda: read_image(path), stage_repeats, 1, sync)),
-        "letterbox": both(timed(lambda: letterbox(pixels, model.config.data.crop), stage_repeats, 1, sync)),
+        "letterbox": both(timed(lambda: letterbox(pixels, model.config.data.inference_size), stage_repeats, 1, sync)),
         "image_encoder": both(timed(image_encoder, stage_repeats, 1, sync)),
         "text_encoder_2_prompts": both(timed(text_encoder, stage_repeats, 1, sync)),
         "heatmap_mask_boxes": both(timed(heatmap_only, stage_repeats, 1, sync)),
@@ -206,7 +206,7 @@ def main() -> int:
             "image": {"file": path.name, "shape": list(read_image(path).shape)},
             "model": {
                 "image_encoder": model.config.image.arch,
-                "input_size": model.config.data.crop,
+                "input_size": model.config.data.inference_size,
                 "text_encoder": (
                     "BERT-base shape (12 x 768), random weights"
                     if args.text == "bert-base"

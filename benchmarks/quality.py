@@ -60,6 +60,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget of the main run")
     parser.add_argument("--ablation-minutes", type=float, default=5.0, help="budget of each ablation run")
     parser.add_argument("--ablations", default=",".join(ABLATIONS), help="comma list, or 'none'")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="train a fixed number of steps instead of --minutes / --ablation-minutes (e.g. to replay "
+        "the CPU run's step count on a GPU)",
+    )
+    parser.add_argument(
+        "--infer-sizes", default="",
+        help="comma list of inference letterbox sides to evaluate (default: the config's data.inference_size)",
+    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes drawing phantoms")
     parser.add_argument("--level", default="deep", help="heatmap level: deep (predictor default), shallow, fused")
     parser.add_argument(
         "--similarities", default="dot,cosine",
@@ -83,7 +93,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     train_dir, test_dir = args.work / "train", args.work / "test"
     for folder, n, seed in ((train_dir, args.n_train, args.train_seed), (test_dir, args.n_test, args.test_seed)):
         if not _phantoms_ready(folder, n, seed, args.size):
-            write_phantom_datastore(folder, n, seed, size=args.size, overwrite=True)
+            write_phantom_datastore(folder, n, seed, size=args.size, overwrite=True, workers=args.workers)
     base = load_config(args.config)
 
     results: dict[str, Any] = {
@@ -102,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "config": base.to_dict(),
         "targets": TARGETS,
     }
-    results["grid_ceiling"] = grid_ceiling(test_dir, base)
+    results["grid_ceiling"] = {size: grid_ceiling(test_dir, base, size) for size in _infer_sizes(args, base)}
     results["main"] = _run(args, "main", base, train_dir, test_dir, args.minutes)
     results["targets_met"] = {
         similarity: {k: bool((m["overall"][k] or 0) >= v) for k, v in TARGETS.items()}
@@ -122,7 +132,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def grid_ceiling(test_dir: Path, config: AFLocConfig) -> dict[str, Any]:
+def grid_ceiling(test_dir: Path, config: AFLocConfig, size: int) -> dict[str, Any]:
     """Pointing game of a perfect map that peaks at a deep-grid cell centre, per finding.
 
     A bilinearly upsampled grid map peaks at a cell centre, so a finding whose mask holds no
@@ -133,7 +143,6 @@ def grid_ceiling(test_dir: Path, config: AFLocConfig) -> dict[str, Any]:
     from afloc_models.imaging import Letterbox, read_image
 
     cases, _ = load_cases(test_dir)
-    size = config.data.crop
     cells = size // config.image.deep_stride
     hits: dict[str, list[bool]] = {}
     for case in cases:
@@ -179,18 +188,24 @@ def _run(args, name: str, config: AFLocConfig, train_dir: Path, test_dir: Path, 
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
     # Epochs far beyond reach: the time budget alone ends the run and its learning-rate schedule.
-    result = train(train_dir, out, config=config, epochs=100_000, max_minutes=minutes, seed=args.seed,
-                   save_every=0, progress=False, log_dir=args.work / "logs" / name)
+    budget = {"max_steps": args.steps} if args.steps else {"epochs": 100_000, "max_minutes": minutes}
+    result = train(train_dir, out, config=config, seed=args.seed, save_every=0, progress=False,
+                   log_dir=args.work / "logs" / name, **budget)
     wall_minutes = (time.monotonic() - started) / 60
+    sizes = _infer_sizes(args, config)
     metrics = {
-        similarity: evaluate_checkpoint(out, test_dir, args.level, similarity, args.bootstrap, args.seed)
+        _metric_key(similarity, size, config): evaluate_checkpoint(
+            out, test_dir, args.level, similarity, args.bootstrap, args.seed, input_size=size
+        )
+        for size in sizes
         for similarity in _similarities(args)
     }
     summary = {
         "checkpoint": str(out),
         "loss_weights": {k: getattr(config.loss, k) for k in ("weight_word", "weight_sentence", "weight_global")},
         "train": {
-            "budget_minutes": minutes,
+            "budget_minutes": None if args.steps else minutes,
+            "budget_steps": args.steps,
             "steps": result.steps,
             "epochs": round(result.steps / max(1, result.train_pairs // config.optim.batch_size), 2),
             "images_per_second": round(result.steps * config.optim.batch_size / max(result.seconds, 1e-9), 1),
@@ -211,8 +226,19 @@ def _similarities(args) -> list[str]:
     return [s.strip() for s in args.similarities.split(",") if s.strip()]
 
 
+def _infer_sizes(args, config: AFLocConfig) -> list[int]:
+    sizes = [int(s) for s in args.infer_sizes.split(",") if s.strip()]
+    return sizes or [config.data.inference_size]
+
+
+def _metric_key(similarity: str, size: int, config: AFLocConfig) -> str:
+    """``dot`` at the config's own inference size, ``dot@192`` at another."""
+    return similarity if size == config.data.inference_size else f"{similarity}@{size}"
+
+
 def evaluate_checkpoint(
-    checkpoint: Path, test_dir: Path, level: str, similarity: str, bootstrap: int, seed: int
+    checkpoint: Path, test_dir: Path, level: str, similarity: str, bootstrap: int, seed: int,
+    input_size: Optional[int] = None,
 ) -> dict:
     """Protocol metrics of ``checkpoint`` on the phantom test set (overall and per finding)."""
     from afloc_models.evaluation.cli import evaluate, load_cases, summarize
@@ -222,7 +248,7 @@ def evaluate_checkpoint(
 
     cases, _ = load_cases(test_dir)
     settings = HeatmapSettings(level=level, similarity=similarity)
-    predictor = AFLocPredictor.load(checkpoint, device="auto", settings=settings)
+    predictor = AFLocPredictor.load(checkpoint, device="auto", settings=settings, input_size=input_size)
     records, skipped, _ = evaluate(predictor, cases, thresholds=DEFAULT_THRESHOLDS, level=level)
     summary = summarize(records, DEFAULT_THRESHOLDS, bootstrap=bootstrap, seed=seed)
     keys = ("pointing_game", "cnr", "miou", "mdice")
@@ -233,6 +259,7 @@ def evaluate_checkpoint(
         }
 
     return {
+        "input_size": predictor.input_size,
         "cases": len(records),
         "skipped": len(skipped),
         "overall": pick(summary["overall"]),

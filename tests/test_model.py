@@ -172,6 +172,59 @@ def test_checkpoint_round_trip_is_bit_exact(small_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
+def test_half_precision_text_folder_loads_as_float32(tmp_path):
+    """A BERT folder exported in bfloat16 (common for shared checkpoints) still trains in float32."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from afloc_models.model import default_text_model_folder
+    from afloc_models.text_encoder import load_hf_text_model
+
+    source = default_text_model_folder()
+    folder = tmp_path / "minilm-bf16"
+    AutoModel.from_pretrained(str(source), local_files_only=True, dtype=torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(source), local_files_only=True).save_pretrained(folder)
+    model, _ = load_hf_text_model(folder, random_init=False)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    config = preset("small")
+    config.text.model_path = str(folder)
+    afloc = AFLoc(config)
+    losses = afloc(torch.randn(2, 1, 64, 64), afloc.tokenize(["Right effusion. No edema.", "Left nodule."]))
+    assert torch.isfinite(losses.total)
+
+
+def test_frozen_token_cache_matches_the_body_and_skips_it():
+    config = preset("small")
+    text = AFLoc(config).text_encoder
+    with pytest.raises(ConfigError, match="frozen text body"):
+        text.cache_frozen_tokens(1 << 20)
+    text.model.requires_grad_(False)
+    text.model.eval()
+    reports = ["Right lower zone opacity. No effusion.", "Left apical pneumothorax.", "Normal chest."]
+    with torch.no_grad():
+        expected = text._body(text.tokenizer(reports))
+        text.cache_frozen_tokens(1 << 20)
+        first = text.token_embeddings(text.tokenizer(reports))
+        assert text._token_cache.misses == 3 and text._token_cache.hits == 0
+        # Mixed batch: two cached reports, one new one, padded to another length.
+        mixed = ["Left apical pneumothorax.", "Cardiomegaly with bilateral perihilar edema and effusions.",
+                 "Right lower zone opacity. No effusion."]
+        tokens = text.tokenizer(mixed)
+        again = text.token_embeddings(tokens)
+        assert text._token_cache.hits == 2 and text._token_cache.misses == 4
+        reference = text._body(tokens)
+    valid = tokens.attention_mask.bool()
+    padded = text.tokenizer(reports).attention_mask.unsqueeze(-1)
+    torch.testing.assert_close(first, expected * padded, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(again[valid], reference[valid], atol=1e-4, rtol=1e-4)
+    assert torch.all(again[~valid] == 0)
+
+    # No room: nothing is kept, results are still right.
+    text.cache_frozen_tokens(0)
+    with torch.no_grad():
+        torch.testing.assert_close(text.token_embeddings(tokens)[valid], reference[valid], atol=1e-4, rtol=1e-4)
+    assert text._token_cache.bytes == 0 and not text._token_cache._rows
+
+
 def test_bad_checkpoints_give_clear_errors(small_model, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         AFLoc.from_pretrained(tmp_path / "nowhere")

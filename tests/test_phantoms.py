@@ -219,6 +219,8 @@ def test_datastore_layout_is_deterministic_and_matches_the_generator(tmp_path):
     tree = _tree(a)
     assert tree == _tree(b), "same seed, same bytes"
     assert _tree(write_phantom_datastore(tmp_path / "c", n=6, seed=6, size=64)) != tree
+    parallel = write_phantom_datastore(tmp_path / "d", n=6, seed=5, size=64, workers=2)
+    assert _tree(parallel) == tree, "worker processes write the same bytes, findings.csv in order"
 
     images = sorted(name for name in tree if name.endswith(".png") and "/" not in name)
     assert images == [f"phantom_{i:05d}.png" for i in range(6)]

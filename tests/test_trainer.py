@@ -177,6 +177,34 @@ def test_init_from_checks_architecture_and_resume_checks_config(reference, works
         train(workspace / "data", reference.checkpoint, config="small", resume=True, max_steps=7, progress=False)
 
 
+def test_frozen_text_body_is_read_once_per_report(workspace, monkeypatch):
+    """With the body frozen, epochs 2+ take token embeddings from the cache, and train the same."""
+    import afloc_training.trainer as trainer_module
+    from afloc_models.text_encoder import TokenCache
+
+    caches: list[TokenCache] = []
+    original_init = TokenCache.__init__
+
+    def recording_init(self, max_bytes):
+        original_init(self, max_bytes)
+        caches.append(self)
+
+    monkeypatch.setattr(TokenCache, "__init__", recording_init)
+    frozen = _config(workspace, text_lr_scale=0.0)
+    cached = train(workspace / "data", workspace / "frozen_cached", config=frozen, epochs=3, seed=0, save_every=0,
+                   progress=False, log_dir=workspace / "tb_fc")
+    assert len(caches) == 1 and caches[0].bytes > 0
+    # 12 reports (training + validation) over 3 epochs: each misses once at most, then hits.
+    assert caches[0].misses <= 12 and caches[0].hits > caches[0].misses
+    monkeypatch.setattr(trainer_module, "TOKEN_CACHE_BYTES", 0)
+    uncached = train(workspace / "data", workspace / "frozen_uncached", config=frozen, epochs=3, seed=0,
+                     save_every=0, progress=False, log_dir=workspace / "tb_fu")
+    assert caches[1].bytes == 0 and caches[1].hits == 0
+    a, b = _weights(cached.checkpoint), _weights(uncached.checkpoint)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3, msg=key)
+
+
 @pytest.mark.slow
 def test_init_from_fine_tunes_a_checkpoint(reference, workspace):
     frozen_text = _config(workspace, text_lr_scale=0.0)

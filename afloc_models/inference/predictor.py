@@ -313,6 +313,8 @@ class AFLocPredictor:
             the encoders run in bfloat16 (about 2x faster on CPUs with AMX / AVX-512 BF16 and on
             GPUs; embeddings agree with float32 to a cosine of ~0.9999). Similarities, heatmaps
             and probabilities are always computed in float32.
+        input_size: side of the square images are letterboxed to (default: the checkpoint's
+            ``data.inference_size``). Larger reads the heatmap on a finer grid, at more cost.
     """
 
     def __init__(
@@ -324,6 +326,7 @@ class AFLocPredictor:
         text_cache_size: int = 1024,
         batch_size: int = 8,
         precision: str = "float32",
+        input_size: Optional[int] = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -341,7 +344,12 @@ class AFLocPredictor:
         self.settings = settings or HeatmapSettings()
         self.batch_size = int(batch_size)
         self.model_version = str(model.meta.get("version", "unknown"))
-        self.input_size = int(self.config.data.crop)
+        self.input_size = int(input_size or self.config.data.inference_size)
+        if not 32 <= self.input_size <= 4096:
+            raise ConfigError(
+                f"input_size must be between 32 and 4096 pixels, got {self.input_size} "
+                "(argument input_size, or the checkpoint's data.crop x data.infer_scale)"
+            )
         self.in_channels = int(self.config.image.in_channels)
         self._images: LRUCache[str, _ImageEntry] = LRUCache(cache_size)
         self._files: LRUCache[tuple, _FileEntry] = LRUCache(max(4 * cache_size, 0))
@@ -369,7 +377,8 @@ class AFLocPredictor:
     ) -> "AFLocPredictor":
         """Load a checkpoint folder written by :meth:`AFLoc.save_pretrained`.
 
-        ``options`` go to the constructor (``settings``, ``text_cache_size``, ``batch_size``).
+        ``options`` go to the constructor (``settings``, ``text_cache_size``, ``batch_size``,
+        ``precision``, ``input_size``).
 
         Raises:
             CheckpointError: the folder is missing or not an AFLoc checkpoint.
