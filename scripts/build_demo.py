@@ -13,7 +13,8 @@
 ``demo/checkpoint/``: AFLoc ``small`` trained from scratch on ``TRAIN_PHANTOMS`` other phantoms,
 with exactly these two commands (run as subprocesses, progress bar included)::
 
-    afloc-phantoms --out WORK/phantoms --n TRAIN_PHANTOMS --seed TRAIN_PHANTOM_SEED --size TRAIN_PHANTOM_SIZE
+    afloc-phantoms --out WORK/phantoms --n TRAIN_PHANTOMS --seed TRAIN_PHANTOM_SEED --size TRAIN_PHANTOM_SIZE \\
+        --workers CPUS
     afloc-train --data WORK/phantoms --out WORK/checkpoint --config TRAIN_CONFIG \\
         --max-steps TRAIN_MAX_STEPS --max-minutes TRAIN_MAX_MINUTES --seed TRAIN_SEED
 
@@ -53,10 +54,10 @@ TRAIN_PHANTOMS = 1500
 TRAIN_PHANTOM_SEED = 1
 TRAIN_PHANTOM_SIZE = 256
 TRAIN_CONFIG = "small"
-TRAIN_MAX_STEPS = 240
-#: Upper bound on the first start's wait. The step count makes the run reproducible (about 2 s a
-#: step on an idle 2-core CPU: 8.6 minutes); on a busy machine the bound can end it earlier, and
-#: then it is not bit-reproducible.
+TRAIN_MAX_STEPS = 320
+#: Upper bound on the first start's wait. The step count makes the run reproducible (about 1.5 s
+#: a step on an idle 2-core CPU with the frozen text body of ``small``: 8 minutes); on a busy
+#: machine the bound can end it earlier, and then it is not bit-reproducible.
 TRAIN_MAX_MINUTES = 15.0
 TRAIN_SEED = 0
 
@@ -167,7 +168,8 @@ def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
         trained = work_dir / "checkpoint"
         log(f"writing {TRAIN_PHANTOMS} training phantoms (seed {TRAIN_PHANTOM_SEED})")
         _run([sys.executable, "-m", "afloc_training.phantoms", "--out", str(phantoms), "--n", str(TRAIN_PHANTOMS),
-              "--seed", str(TRAIN_PHANTOM_SEED), "--size", str(TRAIN_PHANTOM_SIZE)])
+              "--seed", str(TRAIN_PHANTOM_SEED), "--size", str(TRAIN_PHANTOM_SIZE),
+              "--workers", str(os.cpu_count() or 1)])
         log(f"training AFLoc '{TRAIN_CONFIG}' for {TRAIN_MAX_STEPS} steps (at most {TRAIN_MAX_MINUTES:g} min)")
         _run([sys.executable, "-m", "afloc_training.cli", "--data", str(phantoms), "--out", str(trained),
               "--config", TRAIN_CONFIG, "--max-steps", str(TRAIN_MAX_STEPS),
