@@ -142,6 +142,21 @@ def test_rgb_input_with_a_three_channel_checkpoint():
     assert gray_model.localize(rgb, "exudate")[0].heatmap.shape == (64, 100)
 
 
+def test_inference_size_follows_infer_scale_and_can_be_overridden(checkpoint):
+    default = AFLocPredictor.load(checkpoint, device="cpu")
+    config = default.config.data
+    assert default.input_size == round(config.crop * config.infer_scale) == config.inference_size
+    assert preset("small").data.inference_size == 256 and preset("publication").data.inference_size == 224
+    coarse = AFLocPredictor.load(checkpoint, device="cpu", input_size=128)
+    image = _image(seed=11)
+    fine_map = default.localize(image, "left pleural effusion")[0].heatmap
+    coarse_map = coarse.localize(image, "left pleural effusion")[0].heatmap
+    assert fine_map.shape == coarse_map.shape == image.shape[:2]  # always on the original grid
+    assert not np.allclose(fine_map, coarse_map)
+    with pytest.raises(ConfigError, match="data.infer_scale"):
+        AFLocPredictor.load(checkpoint, device="cpu", input_size=8)
+
+
 def test_bfloat16_precision_agrees_with_float32(checkpoint):
     exact = AFLocPredictor.load(checkpoint, device="cpu")
     fast = AFLocPredictor.load(checkpoint, device="cpu", precision="bfloat16")
