@@ -177,30 +177,19 @@ class TokenCache:
         fresh: dict[int, torch.Tensor] = {}
         if missing:
             index = torch.tensor(missing, device=tokens.input_ids.device)
-            computed = body(_select_rows(tokens, index))  # [M, T, H]
+            computed = body(tokens.select(index))  # [M, T, H]
             for row, i in enumerate(missing):
                 fresh[i] = computed[row, : lengths[i]]
-                if self.bytes + fresh[i].numel() * fresh[i].element_size() <= self.max_bytes:
+                size = fresh[i].numel() * fresh[i].element_size()
+                if self.bytes + size <= self.max_bytes:
                     self._rows[keys[i]] = fresh[i].detach().clone()
-                    self.bytes += fresh[i].numel() * fresh[i].element_size()
+                    self.bytes += size
         first = fresh[missing[0]] if missing else self._rows[keys[0]]
         out = first.new_zeros(len(keys), tokens.input_ids.shape[1], first.shape[-1])
         # Pad positions stay zero: no word takes tokens from them (token_word is -1 there).
         for i, key in enumerate(keys):
             out[i, : lengths[i]] = fresh[i] if i in fresh else self._rows[key]
         return out
-
-
-def _select_rows(tokens: TokenizedReports, index: torch.Tensor) -> TokenizedReports:
-    return TokenizedReports(
-        input_ids=tokens.input_ids.index_select(0, index),
-        attention_mask=tokens.attention_mask.index_select(0, index),
-        token_word=tokens.token_word.index_select(0, index),
-        word_sentence=tokens.word_sentence.index_select(0, index),
-        n_words=tokens.n_words.index_select(0, index),
-        n_sentences=tokens.n_sentences.index_select(0, index),
-        words=[tokens.words[i] for i in index.tolist()],
-    )
 
 
 def merge_words(token_emb: torch.Tensor, token_word: torch.Tensor, n_words: int) -> torch.Tensor:

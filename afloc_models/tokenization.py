@@ -45,12 +45,16 @@ class TokenizedReports:
     n_sentences: torch.Tensor
     words: list[list[str]]
 
+    _TENSORS = ("input_ids", "attention_mask", "token_word", "word_sentence", "n_words", "n_sentences")
+
     def to(self, device: Union[str, torch.device]) -> "TokenizedReports":
-        moved = {
-            name: getattr(self, name).to(device)
-            for name in ("input_ids", "attention_mask", "token_word", "word_sentence", "n_words", "n_sentences")
-        }
+        moved = {name: getattr(self, name).to(device) for name in self._TENSORS}
         return TokenizedReports(words=self.words, **moved)
+
+    def select(self, index: torch.Tensor) -> "TokenizedReports":
+        """The reports at ``index`` ``[M]`` (same device, same padded lengths)."""
+        picked = {name: getattr(self, name).index_select(0, index) for name in self._TENSORS}
+        return TokenizedReports(words=[self.words[i] for i in index.tolist()], **picked)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

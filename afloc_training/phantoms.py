@@ -1180,17 +1180,16 @@ def write_phantom_datastore(
     width = max(5, len(str(n - 1)))
     write = functools.partial(_write_phantom, out, int(seed), int(size), width)
     rows: list[dict[str, str]] = []
-    with tqdm(total=n, desc="afloc-phantoms", unit="image", disable=n <= 50, file=sys.stderr) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=n, desc="afloc-phantoms", unit="image", disable=n <= 50, file=sys.stderr))
+        mapper = map
         if workers > 1:
-            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-                # Ordered results keep findings.csv in index order, as a single process writes it.
-                for phantom_rows in pool.map(write, range(n), chunksize=16):
-                    rows.extend(phantom_rows)
-                    bar.update(1)
-        else:
-            for index in range(n):
-                rows.extend(write(index))
-                bar.update(1)
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=int(workers)))
+            # Ordered results keep findings.csv in index order, as a single process writes it.
+            mapper = functools.partial(pool.map, chunksize=16)
+        for phantom_rows in mapper(write, range(n)):
+            rows.extend(phantom_rows)
+            bar.update(1)
 
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
