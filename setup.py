@@ -44,6 +44,9 @@ setup(
             "pytest-timeout>=2.2",
             "slicerio>=1.0",
             "requests>=2.28",
+            # Fuzz suite (tests/fuzz) and a faithful published-checkpoint payload in tests.
+            "hypothesis>=6.100",
+            "omegaconf>=2.3",
         ],
     },
     entry_points={
