@@ -65,6 +65,9 @@ class LossConfig:
     weight_global: float = 1.0  #: report <-> global image
     #: Image rows of the [B, B] local score matrix computed at once (memory bound; 0 = all).
     local_chunk_size: int = 16
+    #: Local-loss implementation: ``auto`` (fused Triton kernels on CUDA, chunked PyTorch on
+    #: the CPU), ``fused`` or ``chunked``. Same numbers either way (tests/test_fused_local_loss.py).
+    local_impl: str = "auto"
 
 
 @dataclass

@@ -9,6 +9,10 @@ costs ``B * B * N * L`` attention weights per intermediate (tens of GiB at the p
 batch of 128), so the score matrix is built in chunks of image rows, each chunk under
 activation checkpointing: the forward keeps only the ``[chunk, B]`` scores and the backward
 recomputes one chunk at a time. No Python loop runs over batch items inside a chunk.
+
+On CUDA the attention tiles are instead computed on chip by the Triton kernels of
+:mod:`afloc_models.fused_local_loss` (``impl="fused"``, chosen by ``impl="auto"``): only the
+``[B, B, L, D]`` attended contexts reach global memory.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def local_loss(
     temp2: float = 5.0,
     temp3: float = 10.0,
     chunk_size: int = 16,
+    impl: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention-based local contrastive loss over all (image, text) pairs.
 
@@ -69,12 +74,13 @@ def local_loss(
         temp2: sharpness of the log-sum-exp over words.
         temp3: scale of the score matrix.
         chunk_size: image rows of ``S`` computed (and recomputed in backward) at once; 0 = all
-            at once without checkpointing.
+            at once without checkpointing (chunked implementation only).
+        impl: ``auto`` (fused kernels on CUDA, chunked PyTorch elsewhere), ``fused`` or ``chunked``.
 
     Returns:
         ``(loss_i2t, loss_t2i)``.
     """
-    scores = local_score_matrix(image_features, text_features, lengths, temp1, temp2, chunk_size) * temp3
+    scores = local_score_matrix(image_features, text_features, lengths, temp1, temp2, chunk_size, impl) * temp3
     labels = torch.arange(scores.shape[0], device=scores.device)
     return F.cross_entropy(scores, labels), F.cross_entropy(scores.t(), labels)
 
@@ -86,6 +92,7 @@ def local_score_matrix(
     temp1: float = 4.0,
     temp2: float = 5.0,
     chunk_size: int = 16,
+    impl: str = "auto",
 ) -> torch.Tensor:
     """Unscaled local scores ``S`` ``[B_img, B_txt]`` (see :func:`local_loss`)."""
     if image_features.ndim != 4 or text_features.ndim != 3:
@@ -95,11 +102,14 @@ def local_score_matrix(
         )
     if image_features.shape[1] != text_features.shape[1]:
         raise ValueError(f"feature widths differ: {image_features.shape[1]} vs {text_features.shape[1]}")
-    if bool((lengths < 1).any()):
+    if lengths.device.type == "cpu" and bool((lengths < 1).any()):
+        # Checked where it is free; on a GPU this would stall the step on a host-device sync.
         raise ValueError("every text needs at least one valid position")
     regions = image_features.flatten(2)  # [Bi, D, N]
     positions = torch.arange(text_features.shape[2], device=text_features.device)
     valid = positions.unsqueeze(0) < lengths.to(text_features.device).unsqueeze(1)  # [Bt, L]
+    if _use_fused(impl, regions.device):
+        return _fused_scores(regions, text_features, lengths, valid, temp1, temp2)
     if chunk_size <= 0 or chunk_size >= regions.shape[0]:
         return _chunk_scores(regions, text_features, valid, temp1, temp2)
     rows = []
@@ -112,6 +122,41 @@ def local_score_matrix(
         else:
             rows.append(_chunk_scores(chunk, text_features, valid, temp1, temp2))
     return torch.cat(rows, dim=0)
+
+
+def _use_fused(impl: str, device: torch.device) -> bool:
+    if impl == "chunked":
+        return False
+    if impl not in ("auto", "fused"):
+        raise ValueError(f"local loss impl must be 'auto', 'fused' or 'chunked', got {impl!r}")
+    if impl == "auto" and device.type != "cuda":
+        return False  # no Triton import on CPU-only paths
+    from afloc_models.fused_local_loss import fused_available
+
+    if impl == "fused":
+        if not fused_available(device):
+            raise RuntimeError(f"local loss impl 'fused' needs a CUDA device with Triton, got {device}")
+        return True
+    return fused_available(device)
+
+
+def _fused_scores(
+    regions: torch.Tensor,
+    texts: torch.Tensor,
+    lengths: torch.Tensor,
+    valid: torch.Tensor,
+    temp1: float,
+    temp2: float,
+) -> torch.Tensor:
+    """:func:`_chunk_scores` for all rows at once, the attention computed by the fused kernels."""
+    from afloc_models.fused_local_loss import fused_attended_context
+
+    context = fused_attended_context(regions, texts, lengths, temp1)  # [Bi, Bt, L, D] float32
+    words = texts.float()  # [Bt, D, L]
+    dots = torch.einsum("ijld,jdl->ijl", context, words)
+    norms = context.norm(dim=3) * words.norm(dim=1).unsqueeze(0)
+    cos = (temp2 * dots / norms.clamp(min=_EPS)).masked_fill(~valid.unsqueeze(0), float("-inf"))
+    return torch.logsumexp(cos, dim=2).to(regions.dtype)
 
 
 def _chunk_scores(

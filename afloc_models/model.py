@@ -107,7 +107,8 @@ class AFLoc(nn.Module):
     def compute_loss(self, image: ImageFeatures, text: TextFeatures) -> AFLocLosses:
         """Multilevel loss from already-encoded features (e.g. gathered across ranks)."""
         cfg = self.config.loss
-        temps = dict(temp1=cfg.temp1, temp2=cfg.temp2, temp3=cfg.temp3, chunk_size=cfg.local_chunk_size)
+        temps = dict(temp1=cfg.temp1, temp2=cfg.temp2, temp3=cfg.temp3, chunk_size=cfg.local_chunk_size,
+                     impl=cfg.local_impl)
         word_i2t, word_t2i = local_loss(image.shallow, text.words, text.n_words, **temps)
         sent_i2t, sent_t2i = local_loss(image.deep, text.sentences, text.n_sentences, **temps)
         glob_i2t, glob_t2i = global_loss(image.global_, text.report, temp3=cfg.temp3)

@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 5 GPU, 2 CPU)")
     parser.add_argument("--chunk", type=int, default=None, help="local-loss chunk size (config default if unset)")
     parser.add_argument("--skip-published", action="store_true")
+    parser.add_argument(
+        "--local-impls", default=None,
+        help="comma-separated local-loss implementations measured side by side as ours_<impl> "
+        "(auto, fused, chunked; default: fused,chunked on GPU, chunked on CPU)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -132,14 +137,20 @@ def main(argv: list[str] | None = None) -> dict:
             "embed_dim": config.embed_dim, "local_chunk_size": config.loss.local_chunk_size,
             "autocast": "bf16" if gpu else "fp32",
         },
-        "ours": run_variant(model, optimizer, images, tokens, False, steps, device),
     }
+    impls = (args.local_impls or ("fused,chunked" if gpu else "chunked")).split(",")
+    for impl in impls:
+        model.config.loss.local_impl = impl
+        result[f"ours_{impl}"] = run_variant(model, optimizer, images, tokens, False, steps, device)
+    result["ours"] = result[f"ours_{impls[0]}"]
     if not args.skip_published:
         try:
             result["published_way"] = run_variant(model, optimizer, images, tokens, True, steps, device)
-            result["speedup_images_per_s"] = round(
-                result["ours"]["images_per_s"] / result["published_way"]["images_per_s"], 2
-            )
+            for impl in impls:
+                result[f"speedup_{impl}"] = round(
+                    result[f"ours_{impl}"]["images_per_s"] / result["published_way"]["images_per_s"], 2
+                )
+            result["speedup_images_per_s"] = result[f"speedup_{impls[0]}"]
         except torch.cuda.OutOfMemoryError as exc:  # the published way may not fit at all
             result["published_way"] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
     print(json.dumps(result, indent=2))
