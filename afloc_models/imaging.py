@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -100,8 +100,13 @@ class LoadedImage:
 # --------------------------------------------------------------------------------------------
 
 
-def read_image(path: str | Path) -> LoadedImage:
+def read_image(path: str | Path, jpeg_min_side: Optional[int] = None) -> LoadedImage:
     """Read one 2D image file into float32 pixels in ``[0, 1]``.
+
+    ``jpeg_min_side``: for JPEG files only, decode at the smallest DCT scale (1/2, 1/4 or 1/8)
+    that keeps both sides at least this many pixels (Pillow's draft mode). Training sets this
+    to its letterbox size: a 2,000-pixel radiograph then decodes at 500 pixels, several times
+    faster, and is resized less. Size limits are checked on the file's full size.
 
     The format is recognised from the file's signature first and its extension second, so a
     DICOM file named ``image`` or a PNG named ``x.dcm`` still reads.
@@ -128,7 +133,10 @@ def read_image(path: str | Path) -> LoadedImage:
 
     kind = _sniff_format(path, head)
     try:
-        image = _READERS[kind](path)
+        if kind == "jpeg" and jpeg_min_side:
+            image = _read_pillow(path, draft_side=int(jpeg_min_side))
+        else:
+            image = _READERS[kind](path)
     except ImageReadError:
         raise
     except MemoryError:
@@ -494,7 +502,7 @@ def _dicom_spacing(path: Path, ds: Any) -> tuple[float, float] | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_pillow(path: Path) -> _Decoded:
+def _read_pillow(path: Path, draft_side: Optional[int] = None) -> _Decoded:
     with warnings.catch_warnings():
         # This reader enforces its own size limit; Pillow's bomb warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -521,6 +529,8 @@ def _read_pillow(path: Path) -> _Decoded:
                     path, f"{fmt} file holds {frames} frames; only single 2D images are supported"
                 )
             _check_size(path, rows, cols)
+            if draft_side and image.format == "JPEG" and image.mode in ("L", "RGB"):
+                image.draft(image.mode, (draft_side, draft_side))
             try:
                 image.load()
             except (OSError, SyntaxError, ValueError) as exc:

@@ -437,7 +437,8 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> Union[Sample, Skipped]:
         pair = self.pairs[index]
         try:
-            pixels = read_image(pair.image).pixels
+            draft = self.data.resize if self.data.jpeg_draft else None
+            pixels = read_image(pair.image, jpeg_min_side=draft).pixels
         except ImageReadError as exc:
             logger.warning("skipped unreadable image: %s", exc)
             return Skipped(index=index, path=str(pair.image), reason=exc.reason)

@@ -99,6 +99,10 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
     resumed_from_step: int = 0
+    #: Images per second over this call's training steps (data loading included; start-up,
+    #: validation and saving excluded), and the share of that time the loop waited for data.
+    images_per_s: Optional[float] = None
+    data_wait_fraction: Optional[float] = None
 
 
 # ------------------------------------------------------------------------------- public API
@@ -316,6 +320,9 @@ class _Run:
         self.batch_in_epoch = 0
         self.history: list[dict[str, Any]] = []
         self.images_seen = 0
+        self.loop_seconds = 0.0  # wall time of this call's training steps, data waits included
+        self.data_wait_seconds = 0.0  # of which the loop was blocked on the data loader
+        self.loop_images = 0
         self.unreadable: list[str] = []
         self.bad_steps = 0
         self.resumed_from = 0
@@ -562,6 +569,8 @@ class _Run:
             skipped=skipped,
             unreadable=list(self.unreadable),
             resumed_from_step=self.resumed_from,
+            images_per_s=self.loop_images / self.loop_seconds if self.loop_seconds > 0 else None,
+            data_wait_fraction=self.data_wait_seconds / self.loop_seconds if self.loop_seconds > 0 else None,
         )
 
     def _run_epoch(self, losses: list[float], deadline: Optional[float], bar) -> Optional[str]:
@@ -570,7 +579,9 @@ class _Run:
         self.train_set.set_epoch(self.epoch)
         tick = time.monotonic()
         produced = False
+        waiting_since = time.monotonic()
         for batch in self._loader():
+            self.data_wait_seconds += time.monotonic() - waiting_since
             produced = True
             # Rows per rank, and the slowest rank's clock so every rank uses the same learning rate.
             table = D.gather_sizes(self.ctx, len(batch), int(1000 * (time.monotonic() - self.started)))
@@ -584,6 +595,8 @@ class _Run:
             self.images_seen += int(sizes.sum())
             now = time.monotonic()  # images/s over the whole step, data loading included
             rate, tick = int(sizes.sum()) / max(now - tick, 1e-9), now
+            self.loop_seconds += now - waiting_since
+            self.loop_images += int(sizes.sum())
             if values is not None:
                 losses.append(values["loss"])
                 self._log_step(values, rate)
@@ -596,6 +609,7 @@ class _Run:
                 self._save()
             if stopped:
                 return stopped
+            waiting_since = time.monotonic()  # logging and saving above count as neither
         if not produced:  # nothing left in this epoch (e.g. the data shrank since the checkpoint)
             self.batch_in_epoch = self.steps_per_epoch
         return None

@@ -489,3 +489,29 @@ def test_letterbox_rejects_bad_input():
     _, box = letterbox(np.zeros((20, 30)), 32)
     with pytest.raises(ValueError):
         box.to_original(np.zeros(5))
+
+
+def test_jpeg_draft_decoding_covers_the_requested_side(tmp_path):
+    """Training's fast JPEG path: a smaller DCT scale, never below the letterbox side, same content."""
+    from PIL import Image
+
+    from afloc_models.imaging import read_image
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 200, 1200, dtype=np.float32)[None, :] + rng.random((1000, 1200)) * 40
+    path = tmp_path / "big.jpg"
+    Image.fromarray(ramp.astype(np.uint8)).save(path, "JPEG", quality=90)
+    full = read_image(path).pixels
+    small = read_image(path, jpeg_min_side=240).pixels
+    assert full.shape == (1000, 1200)
+    assert small.shape == (250, 300)  # 1/4 scale: the largest reduction keeping both sides >= 240
+    assert read_image(path, jpeg_min_side=256).pixels.shape == (500, 600)  # 1/4 would be 250 < 256
+    assert read_image(path, jpeg_min_side=600).pixels.shape == (1000, 1200)  # 1/2 would be 500 < 600
+    assert abs(float(full.mean()) - float(small.mean())) < 0.005
+    # Column means follow the same ramp at both scales.
+    cols_full = full.mean(axis=0).reshape(300, 4).mean(axis=1)
+    assert np.corrcoef(cols_full, small.mean(axis=0))[0, 1] > 0.99
+    # Non-JPEG files ignore the hint.
+    png = tmp_path / "big.png"
+    Image.fromarray(ramp.astype(np.uint8)).save(png)
+    assert read_image(png, jpeg_min_side=256).pixels.shape == (1000, 1200)

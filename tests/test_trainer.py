@@ -84,6 +84,9 @@ def test_run_writes_a_loadable_checkpoint_logs_and_history(reference, workspace)
     assert len(reference.history) == 3 and all(h["val_loss"] is not None for h in reference.history)
     assert reference.unreadable == [str(workspace / "data" / "phantom_00004.png")]
     assert reference.skipped["unreadable"] == 1
+    # Throughput over the steps, and the share spent waiting for the loader (benchmarks read these).
+    assert reference.images_per_s is not None and reference.images_per_s > 0
+    assert reference.data_wait_fraction is not None and 0.0 <= reference.data_wait_fraction < 1.0
 
     model = AFLoc.from_pretrained(reference.checkpoint)
     assert model.config.embed_dim == 32
