@@ -2,8 +2,12 @@
 
 This file is the Slicer side only: widgets, scene nodes and dialogs. Everything that runs
 without Slicer (the server client, prompts, terminology, ``.seg.nrrd`` conversion, local
-re-thresholding, the Run / Accept / Training steps) lives in ``AFLocLib`` next to this file and
-is tested outside Slicer against a real server.
+re-thresholding, the Run / Accept / Training steps and the worker process that runs them) lives
+in ``AFLocLib`` next to this file and is tested outside Slicer against a real server.
+
+Network jobs run in a separate Python process (``AFLocLib.worker`` under Slicer's
+``PythonSlicer``), polled from a ``QTimer``: Slicer's embedded Python keeps the GIL while Qt's
+event loop idles, so a Python thread would only advance while this UI thread runs Python.
 """
 
 import logging
@@ -27,14 +31,14 @@ from AFLocLib import (
     QUICK_PICKS,
     AFLocClient,
     AFLocClientError,
-    ConsentRequiredError,
+    AuthenticationRequiredError,
     OperationCancelledError,
     PromptHistory,
     add_quick_pick,
-    write_terminology_context,
 )
 from AFLocLib import workflow
-from AFLocLib.tasks import BackgroundTask
+from AFLocLib.image_files import color_pixels, write_png
+from AFLocLib.tasks import SubprocessTask, WorkerCommand, worker_script
 from AFLocLib.volume import from_slicer_order, lps_to_ras, ras_to_lps, to_slicer_order
 
 SETTINGS_PREFIX = "AFLoc/"
@@ -42,6 +46,25 @@ DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 HEATMAP_NODE_NAME = "AFLoc heatmap"
 # Attribute marking segments this module created, so a new run can tell them from the user's.
 DRAFT_ATTRIBUTE = "AFLoc.Draft"
+TERMINOLOGY_RESOURCE = os.path.join("Terminology", "AFLocFindings.term.json")
+VECTOR_VOLUME_CLASS = "vtkMRMLVectorVolumeNode"
+
+# Name of the terminology context loaded from the module's resources (empty until loaded).
+_loadedTerminology = ""
+
+
+def loadTerminology(path):
+    """Load the AFLoc findings context (a ``.term.json`` shipped in Resources) into Slicer, once.
+
+    Returns the loaded context's name, or "" when Slicer refused the file (logged).
+    """
+    global _loadedTerminology
+    if not _loadedTerminology:
+        name = slicer.modules.terminologies.logic().LoadTerminologyFromFile(path)
+        if not name:
+            logging.warning(f"AFLoc: Slicer could not load the terminology file {path}; segments keep their codes")
+        _loadedTerminology = name
+    return _loadedTerminology
 
 
 #
@@ -61,12 +84,17 @@ Type findings (e.g. <i>right pleural effusion; cardiomegaly</i>) and press Run: 
 server localizes each one on the selected chest X-ray. You get a heatmap overlay and a draft
 segment per finding, named after it and coded with SNOMED CT, to edit in Segment Editor.
 Accept saves the reviewed segmentation on the server as the final label; Keep draft saves it
-as an unreviewed draft. No image is sent before you agree to it.
+as an unreviewed draft. Nothing about an image is sent before you agree to it.
 """
         self.parent.acknowledgementText = """
 AFLoc is an annotation-free pathology localization method (vision-language pretraining on
 radiographs and reports). The server side runs on MONAI Label.
 """
+        # The findings' terminology is a file shipped with the module, loaded once Slicer has started.
+        slicer.app.connect("startupCompleted()", self._onStartupCompleted)
+
+    def _onStartupCompleted(self):
+        loadTerminology(self.resourcePath(TERMINOLOGY_RESOURCE))
 
 
 #
@@ -75,7 +103,11 @@ radiographs and reports). The server side runs on MONAI Label.
 
 
 class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Panel: server, image and segmentation, findings, draft review, training."""
+    """Panel: server, image and segmentation, findings, draft review, settings, training.
+
+    A draft stays bound to the nodes it was made on (``self.draft``: volume and segmentation node
+    ids): changing a selector later never redirects the threshold, heatmap, Undo or Accept.
+    """
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -83,8 +115,8 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self.client = None
         self.history = PromptHistory()
-        self.localization = None
-        self._tasks = {}  # name -> (BackgroundTask, on_done)
+        self.draft = None  # {"volume": node id, "segmentation": node id, "localization": Localization}
+        self._tasks = {}  # name -> (SubprocessTask, on_done)
         self._pollTimer = None
         self._thresholdTimer = None
 
@@ -99,6 +131,7 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         settings = qt.QSettings()
         self.ui.serverUrlEdit.text = settings.value(SETTINGS_PREFIX + "ServerUrl", DEFAULT_SERVER_URL)
+        self.ui.userNameEdit.text = settings.value(SETTINGS_PREFIX + "UserName", "")
         self.history = PromptHistory.from_json(settings.value(SETTINGS_PREFIX + "PromptHistory", ""))
         self._refreshHistory()
         for index, pick in enumerate(QUICK_PICKS):
@@ -109,17 +142,23 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.hide()
 
         self.ui.connectButton.connect("clicked()", self.onConnect)
+        self.ui.loginButton.connect("clicked()", self.onLogin)
+        self.ui.forgetConsentButton.connect("clicked()", self.onForgetConsent)
         self.ui.runButton.connect("clicked()", self.onRun)
         self.ui.cancelButton.connect("clicked()", self.onCancel)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.showHeatmapCheckBox.connect("toggled(bool)", self.onShowHeatmap)
         self.ui.heatmapPromptCombo.connect("currentIndexChanged(int)", self.onHeatmapPromptChanged)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSelectionChanged)
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSelectionChanged)
         self.ui.undoButton.connect("clicked()", self.onUndo)
         self.ui.acceptButton.connect("clicked()", lambda: self.onSave(final=True))
         self.ui.keepDraftButton.connect("clicked()", lambda: self.onSave(final=False))
         self.ui.trainButton.connect("clicked()", self.onTrain)
         self.ui.stopTrainButton.connect("clicked()", self.onStopTraining)
+        # A closed scene takes the draft's nodes with it: drop the draft and its files.
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
 
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(100)
@@ -130,20 +169,31 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._thresholdTimer.setInterval(150)
         self._thresholdTimer.connect("timeout()", self._applyThreshold)
 
-        self.logic.loadTerminology()
+        # Normally loaded at startup; a module added or reloaded later loads it here.
+        loadTerminology(self.resourcePath(TERMINOLOGY_RESOURCE))
+        self._refreshConsentStatus()
         self._updateButtons()
 
     def cleanup(self):
         for task, _ in self._tasks.values():
             task.cancel()
+        self._tasks = {}
         if self._pollTimer:
             self._pollTimer.stop()
+        if self._thresholdTimer:
+            self._thresholdTimer.stop()
         self.removeObservers()
+        if self.logic:
+            self.logic.cleanup()
 
-    # ------------------------------------------------------------------ background tasks
-    def _start(self, name, job, onDone):
-        """Run ``job(context)`` on a worker thread; ``onDone(task)`` runs here when it ends."""
-        task = BackgroundTask(job, name=name).start()
+    # ------------------------------------------------------------------ background jobs
+    def _start(self, name, job, args, onDone):
+        """Run worker job ``job`` in its own process; ``onDone(task)`` runs here when it ends."""
+        try:
+            task = self.logic.startJob(job, args, name)
+        except AFLocClientError as exc:
+            self._showError(name, exc)
+            return None
         self._tasks[name] = (task, onDone)
         self._pollTimer.start()
         self._updateButtons()
@@ -152,14 +202,14 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _poll(self):
         for name, (task, onDone) in list(self._tasks.items()):
             progress = task.progress
-            if name == "run":
+            if name == "run" and progress.message:
                 self.ui.statusLabel.text = progress.message
                 if progress.fraction is None:
                     self.ui.progressBar.setRange(0, 0)
                 else:
                     self.ui.progressBar.setRange(0, 100)
                     self.ui.progressBar.value = int(progress.fraction * 100)
-            elif name == "train":
+            elif name == "train" and progress.message:
                 self.ui.trainStatusLabel.text = progress.message
             if task.done:
                 del self._tasks[name]
@@ -167,6 +217,9 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     onDone(task)
                 except AFLocClientError as exc:
                     self._showError(name, exc)
+                except Exception as exc:  # Slicer calls raise RuntimeError, numpy ValueError...: never "Done"
+                    logging.exception(f"AFLoc {name} failed")
+                    self._showError(name, AFLocClientError(f"{name} failed: {type(exc).__name__}: {exc}"))
                 finally:
                     self._updateButtons()
         if not self._tasks:
@@ -177,8 +230,10 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showError(self, what, error):
         logging.warning(f"AFLoc {what}: {error}")
-        if what == "train":
+        if what == "train" or what == "stop":
             self.ui.trainStatusLabel.text = str(error)
+        elif what in ("connect", "login"):
+            self.ui.serverStatusLabel.text = str(error)
         else:
             self.ui.statusLabel.text = str(error)
         if not isinstance(error, OperationCancelledError):
@@ -189,42 +244,72 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.runButton.enabled = not running
         self.ui.cancelButton.enabled = self._busy("run")
         self.ui.progressBar.visible = self._busy("run")
-        hasDraft = self.localization is not None
+        hasDraft = self.draft is not None
         self.ui.acceptButton.enabled = hasDraft and not running
         self.ui.keepDraftButton.enabled = hasDraft and not running
         self.ui.undoButton.enabled = self.logic is not None and self.logic.canUndo() and not running
-        self.ui.thresholdSlider.enabled = hasDraft and bool(self.localization.heatmaps)
+        self.ui.thresholdSlider.enabled = hasDraft and bool(self.draft["localization"].heatmaps)
+        self.ui.loginButton.enabled = not self._busy("login")
         self.ui.trainButton.enabled = not self._busy("train")
         self.ui.stopTrainButton.enabled = self._busy("train")
 
-    # ------------------------------------------------------------------ server
-    def _client(self):
+    # ------------------------------------------------------------------ server, login, consent
+    def _serverUrl(self):
         url = self.ui.serverUrlEdit.text.strip() or DEFAULT_SERVER_URL
-        if self.client is None or self.client.url.rstrip("/") != url.rstrip("/"):
-            self.client = AFLocClient(url)  # validates the URL (AFLocClientError if malformed)
-            qt.QSettings().setValue(SETTINGS_PREFIX + "ServerUrl", url)
-        return self.client
+        client = AFLocClient(url)  # validates the URL (AFLocClientError if malformed)
+        qt.QSettings().setValue(SETTINGS_PREFIX + "ServerUrl", client.url)
+        return client.url
+
+    def _server(self):
+        """What a worker job needs to reach the server: URL and the session's access token."""
+        return {"url": self._serverUrl(), "token": self.ui.tokenEdit.text.strip() or None, "timeout": 30.0}
 
     def onConnect(self):
         try:
-            client = self._client()
+            server = self._server()
         except AFLocClientError as exc:
             self._showError("connect", exc)
             return
-        self.ui.serverStatusLabel.text = f"Connecting to {client.url}..."
+        self.ui.serverStatusLabel.text = f"Connecting to {server['url']}..."
 
         def done(task):
-            try:
-                info = task.outcome()
-            except AFLocClientError as exc:
-                self.ui.serverStatusLabel.text = str(exc)
-                raise
+            info = task.outcome()
             threshold = info.default_threshold
             suffix = f", default threshold {threshold:g}" if threshold is not None else ""
             name = info.name or "MONAI Label"
             self.ui.serverStatusLabel.text = f"Connected: {name} {info.version} at {info.url}{suffix}"
 
-        self._start("connect", lambda context: client.check_connection(cancel=context.cancel), done)
+        self._start("connect", "connect", {"server": server}, done)
+
+    def onLogin(self):
+        username = self.ui.userNameEdit.text.strip()
+        try:
+            server = self._server()
+        except AFLocClientError as exc:
+            self._showError("login", exc)
+            return
+        qt.QSettings().setValue(SETTINGS_PREFIX + "UserName", username)
+        password = self.ui.passwordEdit.text
+        self.ui.passwordEdit.text = ""  # sent once, never kept
+        self.ui.serverStatusLabel.text = f"Logging in to {server['url']} as {username}..."
+
+        def done(task):
+            self.ui.tokenEdit.text = task.outcome()
+            self.ui.serverStatusLabel.text = f"Logged in as {username}; press Connect to check the server."
+
+        self._start("login", "login", {"server": server, "username": username, "password": password}, done)
+
+    def onForgetConsent(self):
+        self.logic.forgetConsents()
+        self._refreshConsentStatus()
+
+    def _refreshConsentStatus(self):
+        servers = self.logic.consentedServers()
+        if servers:
+            self.ui.consentStatusLabel.text = "Images are sent without asking to: " + ", ".join(servers)
+        else:
+            self.ui.consentStatusLabel.text = "The module asks before sending any image."
+        self.ui.forgetConsentButton.enabled = bool(servers)
 
     # ------------------------------------------------------------------ prompts
     def _refreshHistory(self):
@@ -245,12 +330,17 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         promptText = self.ui.promptCombo.currentText
         try:
-            client = self._client()
-            segmentationNode = self._segmentationNode(volumeNode)
-            replaced = workflow.conflicting_names(promptText, self.logic.segmentNames(segmentationNode))
+            server = self._server()
+            replaced = workflow.conflicting_names(promptText, self._existingNames())
         except AFLocClientError as exc:
             self._showError("run", exc)
             return
+        # Ask first: not even the image's name goes to the server before the user agrees.
+        if not (self.logic.hasConsent(server["url"]) or self.logic.askConsent(server["url"], volumeNode.GetName())):
+            self.ui.statusLabel.text = "Not run: nothing was sent, the image stays on this computer."
+            self._refreshConsentStatus()
+            return
+        self._refreshConsentStatus()
         if replaced and not slicer.util.confirmYesNoDisplay(
             "The segmentation already has segments named " + ", ".join(f"'{n}'" for n in replaced)
             + ".\nReplace them with the new result? (No keeps them and adds the new ones under other names.)",
@@ -260,36 +350,43 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.history.add(promptText)
         qt.QSettings().setValue(SETTINGS_PREFIX + "PromptHistory", self.history.to_json())
         self._refreshHistory()
-        self._run(client, volumeNode, segmentationNode, promptText, replaced, self.logic.hasConsent(client.url))
 
-    def _run(self, client, volumeNode, segmentationNode, promptText, replaced, consent):
-        prepared = self.logic.exportImage(volumeNode)
+        segmentationNode = self._segmentationNode(volumeNode)
+        try:
+            prepared, inputFolder = self.logic.exportImage(volumeNode)
+        except (AFLocClientError, RuntimeError, ValueError) as exc:
+            self._showError("run", AFLocClientError(f"cannot export the image '{volumeNode.GetName()}': {exc}"))
+            return
         existing = [n for n in self.logic.segmentNames(segmentationNode) if n not in replaced]
-        threshold = self.ui.thresholdSlider.value if self.localization is not None else None
-
-        def job(context):
-            return workflow.localize(
-                client, prepared, promptText, consent, self.logic.workDir(), threshold, existing, context
-            )
+        threshold = self.ui.thresholdSlider.value if self.draft is not None else None
+        volumeId, segmentationId = volumeNode.GetID(), segmentationNode.GetID()
+        args = {
+            "server": server, "image": prepared, "prompt_text": promptText, "consent": True,
+            "work_dir": self.logic.workDir(), "threshold": threshold, "existing_names": existing,
+        }
 
         def done(task):
-            try:
-                localization = task.outcome()
-            except ConsentRequiredError:
-                # Nothing was sent. Ask here, on the UI thread, and run again only if allowed.
-                if self.logic.askConsent(client.url, volumeNode.GetName()):
-                    self._run(client, volumeNode, segmentationNode, promptText, replaced, True)
-                else:
-                    self.ui.statusLabel.text = "Not run: the image stays on this computer."
-                return
-            self._showResult(localization, volumeNode, segmentationNode, replaced)
+            shutil.rmtree(inputFolder, ignore_errors=True)  # the exported copy of the image
+            localization = task.outcome()
+            volume = slicer.mrmlScene.GetNodeByID(volumeId)
+            segmentation = slicer.mrmlScene.GetNodeByID(segmentationId)
+            if volume is None or segmentation is None:
+                raise AFLocClientError("the image or segmentation of this run was removed from the scene; result dropped")
+            self._showResult(localization, volume, segmentation, replaced)
 
-        self._start("run", job, done)
+        if self._start("run", "localize", args, done) is None:
+            shutil.rmtree(inputFolder, ignore_errors=True)
+        else:
+            self.ui.statusLabel.text = "Starting..."
 
     def onCancel(self):
         if self._busy("run"):
             self._tasks["run"][0].cancel()
             self.ui.statusLabel.text = "Cancelling..."
+
+    def _existingNames(self):
+        node = self.ui.segmentationSelector.currentNode()
+        return self.logic.segmentNames(node) if node is not None else []
 
     def _segmentationNode(self, volumeNode):
         node = self.ui.segmentationSelector.currentNode()
@@ -300,7 +397,7 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showResult(self, localization, volumeNode, segmentationNode, replaced):
         self.logic.applyDraft(localization, segmentationNode, volumeNode, replaced)
-        self.localization = localization
+        self.draft = {"volume": volumeNode.GetID(), "segmentation": segmentationNode.GetID(), "localization": localization}
         self.ui.thresholdSlider.blockSignals(True)
         if localization.heatmaps:
             self.ui.thresholdSlider.value = localization.threshold
@@ -317,29 +414,76 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"Draft ready in {localization.result.seconds:.1f} s{uploaded}. Edit it in Segment Editor, then Accept."
         )
 
-    # ------------------------------------------------------------------ draft review
+    # ------------------------------------------------------------------ the draft and its nodes
+    def _draftNodes(self):
+        """``(volume, segmentation)`` the draft was made on, or None (and the draft dropped) if gone."""
+        if self.draft is None:
+            return None
+        volume = slicer.mrmlScene.GetNodeByID(self.draft["volume"])
+        segmentation = slicer.mrmlScene.GetNodeByID(self.draft["segmentation"])
+        if volume is None or segmentation is None:
+            self._dropDraft("The draft's image or segmentation was removed; the draft is closed.")
+            return None
+        return volume, segmentation
+
+    def _dropDraft(self, message):
+        self.draft = None
+        self.logic.forgetDraft()
+        self.ui.scoresLabel.text = ""
+        self.ui.statusLabel.text = message
+        self._updateButtons()
+
+    def onSelectionChanged(self, node):
+        nodes = self._draftNodes() if self.draft is not None else None
+        if nodes is None:
+            return
+        volume, segmentation = nodes
+        if (self.ui.inputVolumeSelector.currentNode() is not volume
+                or self.ui.segmentationSelector.currentNode() is not segmentation):
+            self.ui.statusLabel.text = (
+                f"The open draft belongs to '{volume.GetName()}' / '{segmentation.GetName()}': the threshold, "
+                "heatmap, Undo and Accept act on those. Run again to draft on the selected image."
+            )
+
+    def onSceneStartClose(self, caller, event):
+        for name in ("run", "save"):
+            if self._busy(name):
+                task, _ = self._tasks.pop(name)
+                task.cancel()
+        if self._thresholdTimer:
+            self._thresholdTimer.stop()
+        self.draft = None
+        self.logic.forgetDraft()
+        self.logic.discardRuns()
+        self.ui.scoresLabel.text = ""
+        self.ui.statusLabel.text = "Scene closed: the draft was discarded."
+        self._updateButtons()
+
     def onThresholdChanged(self, value):
-        if self.localization is not None and self.localization.heatmaps:
+        if self.draft is not None and self.draft["localization"].heatmaps:
             self._thresholdTimer.start()
 
     def _applyThreshold(self):
-        if self.localization is None:
+        nodes = self._draftNodes()
+        if nodes is None:
             return
-        segmentationNode = self.ui.segmentationSelector.currentNode()
-        volumeNode = self.ui.inputVolumeSelector.currentNode()
-        if segmentationNode is None or volumeNode is None:
+        volumeNode, segmentationNode = nodes
+        try:
+            edited = self.logic.editedDraftSegments(segmentationNode, volumeNode)
+            if edited and not slicer.util.confirmYesNoDisplay(
+                "You edited " + ", ".join(f"'{n}'" for n in edited)
+                + ". Re-thresholding replaces these edits. Continue?",
+                windowTitle="AFLoc",
+            ):
+                return
+            localization = self.logic.rethreshold(
+                self.draft["localization"], self.ui.thresholdSlider.value, segmentationNode, volumeNode
+            )
+        except (AFLocClientError, RuntimeError, ValueError) as exc:
+            self._showError("threshold", AFLocClientError(f"re-thresholding failed: {exc}"))
             return
-        edited = self.logic.editedDraftSegments(segmentationNode, volumeNode)
-        if edited and not slicer.util.confirmYesNoDisplay(
-            "You edited " + ", ".join(f"'{n}'" for n in edited)
-            + ". Re-thresholding replaces these edits. Continue?",
-            windowTitle="AFLoc",
-        ):
-            return
-        self.localization = self.logic.rethreshold(
-            self.localization, self.ui.thresholdSlider.value, segmentationNode, volumeNode
-        )
-        self.ui.scoresLabel.text = workflow.format_findings(self.localization).replace("\n", "<br>")
+        self.draft["localization"] = localization
+        self.ui.scoresLabel.text = workflow.format_findings(localization).replace("\n", "<br>")
 
     def onOpacityChanged(self, value):
         self.logic.setHeatmapOpacity(value)
@@ -351,48 +495,56 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showHeatmap()
 
     def _showHeatmap(self):
-        volumeNode = self.ui.inputVolumeSelector.currentNode()
-        if self.localization is None or not self.localization.heatmaps or volumeNode is None:
+        nodes = self._draftNodes()
+        if nodes is None or not self.draft["localization"].heatmaps:
             return
+        volumeNode = nodes[0]
         if not self.ui.showHeatmapCheckBox.checked:
             self.logic.hideHeatmap(volumeNode)
             return
         index = max(0, self.ui.heatmapPromptCombo.currentIndex)
-        self.logic.showHeatmap(self.localization, index, volumeNode, self.ui.opacitySlider.value)
+        self.logic.showHeatmap(self.draft["localization"], index, volumeNode, self.ui.opacitySlider.value)
 
     def onUndo(self):
-        segmentationNode = self.ui.segmentationSelector.currentNode()
-        if segmentationNode is not None and self.logic.undo(segmentationNode):
-            self.localization = None
+        if self.logic.undo():
+            self.draft = None
             self.ui.scoresLabel.text = ""
             self.ui.statusLabel.text = "Segmentation restored to its state before the draft."
         self._updateButtons()
 
     def onSave(self, final):
-        segmentationNode = self.ui.segmentationSelector.currentNode()
-        if segmentationNode is None or self.localization is None:
+        nodes = self._draftNodes()
+        if nodes is None:
             return
-        client = self._client()
-        if final:
-            # The saved file should say "completed" for the segments the user has now reviewed.
-            self.logic.markAccepted(segmentationNode)
-        path = self.logic.exportSegmentation(segmentationNode)
-        localization = self.localization
+        segmentationNode = nodes[1]
+        localization = self.draft["localization"]
+        try:
+            server = self._server()
+            if final:
+                # The saved file should say "completed" for the segments the user has now reviewed.
+                self.logic.markAccepted(segmentationNode)
+            path = self.logic.exportSegmentation(segmentationNode)
+        except (AFLocClientError, RuntimeError, ValueError) as exc:
+            self._showError("save", AFLocClientError(f"cannot save the segmentation: {exc}"))
+            return
         what = "final label" if final else "draft"
-
-        def job(context):
-            return workflow.save_review(client, localization.image.image_id, path, final, localization, context)
+        args = {"server": server, "image_id": localization.image.image_id, "path": path, "final": final,
+                "localization": localization}
 
         def done(task):
-            reply = task.outcome()
+            try:
+                reply = task.outcome()
+            finally:
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             self.ui.statusLabel.text = f"Saved on the server as the {what} of image '{reply.get('image', '')}'."
 
-        self._start("save", job, done)
+        self.ui.statusLabel.text = f"Saving the {what}..."
+        self._start("save", "save", args, done)
 
     # ------------------------------------------------------------------ training
     def onTrain(self):
         try:
-            client = self._client()
+            server = self._server()
         except AFLocClientError as exc:
             self._showError("train", exc)
             return
@@ -406,19 +558,19 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             log.setPlainText("\n".join(status.details))
 
         self.ui.trainLog.clear()
-        self._start("train", lambda context: workflow.train(client, context=context), done)
+        self._start("train", "train", {"server": server}, done)
 
     def onStopTraining(self):
         if self._busy("train"):
             # Stop on the server, then stop following it.
-            client = self._client()
-            self._tasks["train"][0].cancel()
+            server = self._server()
+            self._tasks.pop("train")[0].cancel()
 
             def done(task):
                 status = task.outcome()
                 self.ui.trainStatusLabel.text = "Training stopped." if status else "No training was running."
 
-            self._start("stop", lambda context: client.stop_training(cancel=context.cancel), done)
+            self._start("stop", "stop_training", {"server": server}, done)
             self.ui.trainStatusLabel.text = "Stopping training..."
 
 
@@ -437,44 +589,64 @@ class AFLocLogic(ScriptedLoadableModuleLogic):
         self._draftSegmentIds = []
         self._draftMaskDigests = {}
 
+    # ------------------------------------------------------------------ temporary files
     def workDir(self):
-        if self._workDir is None:
+        """This session's temporary folder (image copies, job files, drafts); see :meth:`cleanup`."""
+        if self._workDir is None or not os.path.isdir(self._workDir):
             self._workDir = tempfile.mkdtemp(prefix="AFLoc-")
         return self._workDir
 
-    # ------------------------------------------------------------------ terminology and consent
-    def loadTerminology(self):
-        """Make the AFLoc findings selectable in Segment Editor's terminology picker."""
-        path = os.path.join(self.workDir(), "AFLocFindings.term.json")
-        write_terminology_context(path)
-        try:
-            slicer.modules.terminologies.logic().LoadTerminologyFromFile(path)
-        except AttributeError:
-            logging.warning("AFLoc: this Slicer cannot load terminology files; segments keep their codes anyway")
+    def discardRuns(self):
+        """Delete the files of earlier runs (their drafts are gone with the scene)."""
+        if self._workDir and os.path.isdir(self._workDir):
+            for entry in os.listdir(self._workDir):
+                if entry.startswith(("run-", "input-", "save-")):
+                    shutil.rmtree(os.path.join(self._workDir, entry), ignore_errors=True)
+
+    def cleanup(self):
+        """Delete the temporary folder and everything in it."""
+        if self._workDir:
+            shutil.rmtree(self._workDir, ignore_errors=True)
+            self._workDir = None
+
+    # ------------------------------------------------------------------ worker jobs
+    def startJob(self, job, args, name=None):
+        """Start ``AFLocLib.worker`` job ``job`` in a separate process under Slicer's PythonSlicer."""
+        python = shutil.which("PythonSlicer")
+        if not python:
+            raise AFLocClientError("cannot find Slicer's PythonSlicer executable to run the AFLoc worker")
+        folder = tempfile.mkdtemp(prefix="job-", dir=self.workDir())
+        return SubprocessTask(WorkerCommand(python, worker_script()), job, args, folder, name=name).start()
+
+    # ------------------------------------------------------------------ consent
+    def consentedServers(self):
+        value = qt.QSettings().value(SETTINGS_PREFIX + "ConsentedServers", "")
+        return [u for u in (value or "").split("\n") if u]
 
     def hasConsent(self, url):
-        consented = qt.QSettings().value(SETTINGS_PREFIX + "ConsentedServers", "")
-        return url in (consented or "").split("\n")
+        return url in self.consentedServers()
+
+    def forgetConsents(self):
+        """Undo every "Don't ask again": the next run asks before sending anything."""
+        qt.QSettings().remove(SETTINGS_PREFIX + "ConsentedServers")
 
     def askConsent(self, url, imageName):
-        """Ask before any image leaves the computer; remembered per server if the user says so."""
+        """Ask before anything about an image leaves the computer; remembered per server if the user says so."""
         box = qt.QMessageBox(slicer.util.mainWindow())
         box.setWindowTitle("AFLoc: send image to server?")
         box.setIcon(qt.QMessageBox.Question)
         box.setText(
-            f"The image '{imageName}' is not on the AFLoc server yet.\n\n"
-            f"To localize findings it must be uploaded to {url} and is stored there.\n"
-            "Only upload images you are allowed to share with that server."
+            f"To localize findings on '{imageName}', its name and pixels are sent to {url}, "
+            "which stores the image.\n\n"
+            "Only send images you are allowed to share with that server."
         )
         box.setStandardButtons(qt.QMessageBox.Yes | qt.QMessageBox.No)
         box.setDefaultButton(qt.QMessageBox.No)
-        remember = qt.QCheckBox("Don't ask again for this server")
+        remember = qt.QCheckBox("Don't ask again for this server (undo in Settings)")
         box.setCheckBox(remember)
         agreed = box.exec_() == qt.QMessageBox.Yes
         if agreed and remember.checked:
-            settings = qt.QSettings()
-            consented = [u for u in (settings.value(SETTINGS_PREFIX + "ConsentedServers", "") or "").split("\n") if u]
-            settings.setValue(SETTINGS_PREFIX + "ConsentedServers", "\n".join(consented + [url]))
+            qt.QSettings().setValue(SETTINGS_PREFIX + "ConsentedServers", "\n".join(self.consentedServers() + [url]))
         return agreed
 
     # ------------------------------------------------------------------ image
@@ -484,26 +656,31 @@ class AFLocLogic(ScriptedLoadableModuleLogic):
         return ras_to_lps(slicer.util.arrayFromVTKMatrix(ijkToRas))
 
     def exportImage(self, volumeNode):
-        """The file to upload if the server lacks the image, described for the workflow.
+        """``(PreparedImage, folder)``: the file to upload if the server lacks the image, and the
+        temporary folder holding the copy (delete it when the run ends).
 
-        A radiograph loaded from DICOM is sent as its original DICOM file: the server then applies
-        the DICOM display transforms (VOI LUT, MONOCHROME1 inversion) that a volume export loses.
-        Anything else is exported as NIfTI.
+        A radiograph loaded from DICOM is sent as its original DICOM file (no copy): the server then
+        applies the DICOM display transforms (VOI LUT, MONOCHROME1 inversion) that a volume export
+        loses. A colour (vector) volume is written as an RGB PNG; any other volume is exported as NIfTI.
         """
         voxels = slicer.util.arrayFromVolume(volumeNode)
         ijkToLps = self.volumeGeometry(volumeNode)
         imageId = workflow.volume_image_id(volumeNode.GetName(), voxels, ijkToLps)
+        folder = tempfile.mkdtemp(prefix="input-", dir=self.workDir())
         source = self._dicomFile(volumeNode)
-        path = os.path.join(self.workDir(), imageId + (".dcm" if source else ".nii.gz"))
-        if not os.path.exists(path):
-            if source:
-                shutil.copyfile(source, path)
-            else:
-                # exportNode leaves the node's own storage (and the scene's "modified" state) alone.
-                export = getattr(slicer.util, "exportNode", None) or slicer.util.saveNode
-                export(volumeNode, path)
-        shape = tuple(int(s) for s in from_slicer_order(voxels).shape[:3])
-        return workflow.PreparedImage(path=path, image_id=imageId, ijk_to_lps=ijkToLps, shape=shape)
+        if source:
+            path = source
+        elif volumeNode.IsA(VECTOR_VOLUME_CLASS) and voxels.ndim == 4:
+            path = str(write_png(os.path.join(folder, imageId + ".png"), color_pixels(voxels)))
+        else:
+            path = os.path.join(folder, imageId + ".nii.gz")
+            # exportNode leaves the node's storage node alone; its default `properties` dict is shared
+            # between calls inside Slicer (it keeps the last file format), so always pass a new one.
+            if not slicer.util.exportNode(volumeNode, path, {}):
+                shutil.rmtree(folder, ignore_errors=True)
+                raise AFLocClientError(f"Slicer could not write the image to {path} (see the application log)")
+        shape = tuple(int(s) for s in from_slicer_order(voxels[..., 0] if voxels.ndim == 4 else voxels).shape)
+        return workflow.PreparedImage(path=path, image_id=imageId, ijk_to_lps=ijkToLps, shape=shape), folder
 
     def _dicomFile(self, volumeNode):
         """The DICOM file a single-image volume was loaded from, if any."""
@@ -536,49 +713,63 @@ class AFLocLogic(ScriptedLoadableModuleLogic):
         copy = slicer.vtkSegmentation()
         copy.DeepCopy(segmentationNode.GetSegmentation())
         self._undoState = (segmentationNode.GetID(), copy)
-        if slicer.mrmlScene.GetUndoFlag():
-            slicer.mrmlScene.SaveStateForUndo()
 
     def canUndo(self):
-        return self._undoState is not None
+        return self._undoState is not None and slicer.mrmlScene.GetNodeByID(self._undoState[0]) is not None
 
-    def undo(self, segmentationNode):
-        """Put back the segments as they were before the last draft; False if there is no state."""
-        if self._undoState is None or self._undoState[0] != segmentationNode.GetID():
+    def undo(self):
+        """Put back the draft's segmentation as it was before the last draft; False if there is no state."""
+        if not self.canUndo():
+            self._undoState = None
             return False
+        segmentationNode = slicer.mrmlScene.GetNodeByID(self._undoState[0])
         segmentationNode.GetSegmentation().DeepCopy(self._undoState[1])
         segmentationNode.Modified()
+        self.forgetDraft()
+        return True
+
+    def forgetDraft(self):
         self._undoState = None
         self._draftSegmentIds = []
         self._draftMaskDigests = {}
-        return True
 
     def applyDraft(self, localization, segmentationNode, volumeNode, replaceNames=()):
-        """Add the draft's segments; only segments in ``replaceNames`` (confirmed by the user) go."""
+        """Add the draft's segments; only segments in ``replaceNames`` (confirmed by the user) go.
+
+        All or nothing: if anything fails, the segmentation is put back as it was and the error raised.
+        """
         self._snapshot(segmentationNode)
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         segmentation = segmentationNode.GetSegmentation()
-        for name in replaceNames:
-            segmentId = self._segmentIdByName(segmentationNode, name)
-            if segmentId:
-                segmentation.RemoveSegment(segmentId)
-        loaded = slicer.util.loadSegmentation(str(localization.draft_path))
+        loaded = None
         try:
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            for name in replaceNames:
+                segmentId = self._segmentIdByName(segmentationNode, name)
+                if segmentId:
+                    segmentation.RemoveSegment(segmentId)
+            loaded = slicer.util.loadSegmentation(str(localization.draft_path), {})
             source = loaded.GetSegmentation()
-            self._draftSegmentIds = []
+            draftIds = []
             for i in range(source.GetNumberOfSegments()):
                 sourceId = source.GetNthSegmentID(i)
                 # Names were made unique against the user's segments already; IDs must be too.
-                segmentId = sourceId
-                if segmentation.GetSegment(sourceId) is not None:
-                    segmentId = segmentation.GenerateUniqueSegmentID(sourceId)
-                    source.ChangeSegmentId(sourceId, segmentId)
-                segmentation.CopySegmentFromSegmentation(source, segmentId, False)
-                segmentation.GetSegment(segmentId).SetTag(DRAFT_ATTRIBUTE, "1")
-                self._draftSegmentIds.append(segmentId)
+                segmentId = segmentation.GenerateUniqueSegmentID(sourceId)
+                segment = slicer.vtkSegment()
+                segment.DeepCopy(source.GetSegment(sourceId))
+                segment.SetTag(DRAFT_ATTRIBUTE, "1")
+                if not segmentation.AddSegment(segment, segmentId):
+                    raise AFLocClientError(f"Slicer refused to add the draft segment '{segment.GetName()}'")
+                draftIds.append(segmentId)
+            self._draftSegmentIds = draftIds
+            self._rememberDraftMasks(segmentationNode, volumeNode)
+        except Exception:
+            segmentation.DeepCopy(self._undoState[1])
+            segmentationNode.Modified()
+            self.forgetDraft()
+            raise
         finally:
-            slicer.mrmlScene.RemoveNode(loaded)
-        self._rememberDraftMasks(segmentationNode, volumeNode)
+            if loaded is not None:
+                slicer.mrmlScene.RemoveNode(loaded)
 
     def _maskDigest(self, segmentationNode, segmentId, volumeNode):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
@@ -622,9 +813,12 @@ class AFLocLogic(ScriptedLoadableModuleLogic):
                 logic.SetSegmentStatus(segment, logic.Completed)
 
     def exportSegmentation(self, segmentationNode):
-        path = os.path.join(self.workDir(), "reviewed.seg.nrrd")
-        export = getattr(slicer.util, "exportNode", None) or slicer.util.saveNode
-        export(segmentationNode, path)
+        """Write the segmentation to a new temporary ``.seg.nrrd`` (its folder is the caller's to delete)."""
+        folder = tempfile.mkdtemp(prefix="save-", dir=self.workDir())
+        path = os.path.join(folder, "reviewed.seg.nrrd")
+        if not slicer.util.exportNode(segmentationNode, path, {}):
+            shutil.rmtree(folder, ignore_errors=True)
+            raise AFLocClientError(f"Slicer could not write the segmentation to {path} (see the application log)")
         return path
 
     # ------------------------------------------------------------------ heatmap overlay
@@ -662,10 +856,13 @@ class AFLocLogic(ScriptedLoadableModuleLogic):
 
 
 class AFLocTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer against a live AFLoc Label server (``AFLOC_SERVER_URL``, default local)."""
+    """Runs inside Slicer against a live AFLoc Label server (``AFLOC_SERVER_URL``, default local).
+
+    Uploads a synthetic image and saves labels on that server: point it at a test server.
+    """
 
     def setUp(self):
-        slicer.mrmlScene.Clear()
+        slicer.mrmlScene.Clear(0)
 
     def runTest(self):
         self.setUp()
@@ -681,25 +878,39 @@ class AFLocTest(ScriptedLoadableModuleTest):
         except AFLocClientError as exc:
             raise unittest.SkipTest(f"no AFLoc Label server: {exc}")
         self.delayDisplay(f"Connected to {info.url}")
+        logic = AFLocLogic()
+        try:
+            # The worker process (what the module's buttons use) runs under this Slicer's PythonSlicer.
+            # A separate process needs nothing from this thread, so blocking here is fine.
+            task = logic.startJob("connect", {"server": {"url": url, "token": None}})
+            self.assertTrue(task.wait(60), "the AFLoc worker process did not finish within 60 s")
+            self.assertEqual(task.outcome().url, info.url)
+            self.delayDisplay("Worker process answered")
+            self._localizeReviewSave(client, logic)
+        finally:
+            logic.cleanup()
 
+    def _localizeReviewSave(self, client, logic):
         # A synthetic radiograph-like image (one slice), so the test needs no data download.
         rows, cols = np.mgrid[0:256, 0:224]
         pixels = (100 + 80 * np.sin(rows / 20.0) * np.cos(cols / 25.0)).astype(np.int16)[np.newaxis]
         volumeNode = slicer.util.addVolumeFromArray(pixels, name="AFLocTestImage")
-        logic = AFLocLogic()
         segmentationNode = logic.createSegmentation(volumeNode)
         userSegment = segmentationNode.GetSegmentation().AddEmptySegment("mine", "mine")
 
-        prepared = logic.exportImage(volumeNode)
+        prepared, folder = logic.exportImage(volumeNode)
         prompts = "right pleural effusion; cardiomegaly"
         localization = workflow.localize(client, prepared, prompts, True, logic.workDir())
+        shutil.rmtree(folder, ignore_errors=True)
         logic.applyDraft(localization, segmentationNode, volumeNode)
         names = logic.segmentNames(segmentationNode)
         self.assertEqual(names, ["mine", "right pleural effusion", "cardiomegaly"])
         self.assertIsNotNone(segmentationNode.GetSegmentation().GetSegment(userSegment))
         effusionId = logic._segmentIdByName(segmentationNode, "right pleural effusion")
         effusion = segmentationNode.GetSegmentation().GetSegment(effusionId)
-        self.assertIn("60046008", effusion.GetTag("TerminologyEntry") or "")
+        entry = vtk.mutable("")
+        self.assertTrue(effusion.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry))
+        self.assertIn("60046008", str(entry))
         self.delayDisplay("Draft segments named and coded")
 
         logic.showHeatmap(localization, 0, volumeNode, 0.4)
@@ -710,9 +921,14 @@ class AFLocTest(ScriptedLoadableModuleTest):
         expected = to_slicer_order((localization.heatmaps[1] >= 0.5).astype(np.uint8))
         self.assertTrue(np.array_equal(mask > 0, expected > 0))
 
-        self.assertTrue(logic.undo(segmentationNode))
-        self.assertEqual(logic.segmentNames(segmentationNode), ["mine"])
-        logic.applyDraft(localization, segmentationNode, volumeNode)
+        # A second run of the same prompts: its segment ids clash with the first draft's.
+        again = workflow.localize(client, prepared, prompts, True, logic.workDir())
+        logic.applyDraft(again, segmentationNode, volumeNode)
+        self.assertEqual(logic.segmentNames(segmentationNode)[3:], ["right pleural effusion", "cardiomegaly"])
+        self.assertEqual(len(set(segmentationNode.GetSegmentation().GetSegmentIDs())), 5)
+        self.assertTrue(logic.undo())
+        self.assertEqual(logic.segmentNames(segmentationNode), names)
+        self.delayDisplay("Clashing segment ids made unique; undo restored the segmentation")
 
         path = logic.exportSegmentation(segmentationNode)
         reply = workflow.save_review(client, prepared.image_id, path, True, localization)

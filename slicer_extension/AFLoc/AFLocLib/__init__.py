@@ -26,6 +26,7 @@ from .client import (
 )
 from .errors import (
     AFLocClientError,
+    AuthenticationRequiredError,
     ConsentRequiredError,
     NotAFLocServerError,
     OperationCancelledError,
@@ -42,6 +43,7 @@ from .threshold import combined_labels, threshold_heatmap
 __all__ = [
     "AFLocClient",
     "AFLocClientError",
+    "AuthenticationRequiredError",
     "CancelToken",
     "ConsentRequiredError",
     "DEFAULT_MODEL",

@@ -6,6 +6,8 @@ imports Slicer: the module's widget calls these methods and shows the results.
 
 Endpoints used::
 
+    GET    /auth/                               is authentication enabled?
+    POST   /auth/token                          log in (form: username, password) -> access token
     GET    /info/                               server check, models, trainers
     HEAD   /datastore/image?image=ID            does the server have this image?
     PUT    /datastore/image?image=ID            upload (form: file, params)
@@ -35,6 +37,7 @@ from . import multipart
 from .cancel import CancelToken
 from .errors import (
     AFLocClientError,
+    AuthenticationRequiredError,
     ConsentRequiredError,
     NotAFLocServerError,
     ResultFormatError,
@@ -167,6 +170,7 @@ class AFLocClient:
         model: str = DEFAULT_MODEL,
         timeout: float = 30.0,
         infer_timeout: float = 600.0,
+        token: str | None = None,
     ):
         """
         Args:
@@ -174,14 +178,58 @@ class AFLocClient:
             model: the segmentation model's name in ``/info/``.
             timeout: seconds any socket operation may wait for ordinary requests.
             infer_timeout: seconds to wait for an inference reply (a first run loads the model).
+            token: access token of a server with authentication (see :meth:`login`).
         """
-        self.transport = Transport(server_url, timeout=timeout)
+        self.transport = Transport(server_url, timeout=timeout, token=token)
         self.model = model
         self.infer_timeout = float(infer_timeout)
 
     @property
     def url(self) -> str:
         return self.transport.base_url
+
+    @property
+    def token(self) -> str | None:
+        return self.transport.token
+
+    # ------------------------------------------------------------------ authentication
+    def auth_enabled(self, cancel: CancelToken | None = None) -> bool:
+        """Whether the server has MONAI Label's authentication on (``GET /auth/``).
+
+        A server without the ``/auth/`` route (404) has none.
+        """
+        response = self.transport.request("GET", "/auth/", cancel=cancel, ok_statuses=(404,))
+        if response.status == 404:
+            return False
+        reply = response.json()
+        return bool(reply.get("enabled")) if isinstance(reply, dict) else False
+
+    def login(self, username: str, password: str, cancel: CancelToken | None = None) -> str:
+        """Exchange a user name and password for an access token (``POST /auth/token``).
+
+        The token is kept by this client (sent with every later request) and returned, so that
+        the caller can hand it to other clients. Raises :class:`AuthenticationRequiredError` when
+        the server refuses the credentials.
+        """
+        if not username:
+            raise AuthenticationRequiredError(self.url, "no user name was given")
+        body = urllib.parse.urlencode({"username": username, "password": password, "grant_type": "password"})
+        try:
+            response = self.transport.request(
+                "POST", "/auth/token", body=body.encode("utf-8"),
+                content_type="application/x-www-form-urlencoded", cancel=cancel,
+            )
+        except ServerError as exc:
+            # MONAI Label passes the identity provider's refusal on as an HTTP error.
+            raise AuthenticationRequiredError(
+                self.url, f"the server refused the user name or password (HTTP {exc.status})"
+            ) from None
+        reply = response.json()
+        token = reply.get("access_token") if isinstance(reply, dict) else None
+        if not token:
+            raise AuthenticationRequiredError(self.url, "the server has authentication off or sent no token")
+        self.transport.token = str(token)
+        return str(token)
 
     # ------------------------------------------------------------------ server
     def check_connection(self, cancel: CancelToken | None = None) -> ServerInfo:

@@ -48,6 +48,18 @@ class ServerError(AFLocClientError):
         super().__init__(f"{method} {path} failed with HTTP {status}: {detail}")
 
 
+class AuthenticationRequiredError(AFLocClientError):
+    """The server has authentication enabled and refused the request (no token, or an expired one)."""
+
+    def __init__(self, url: str, reason: str):
+        self.url = url
+        self.reason = reason
+        super().__init__(
+            f"the AFLoc Label server at {url} requires you to log in ({reason}). "
+            "Enter your user name and password in the module's Settings section and press Log in."
+        )
+
+
 class ResultFormatError(AFLocClientError):
     """A reply or a result file does not have the shape the client expects."""
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 from .cancel import CancelToken
 from .errors import (
     AFLocClientError,
+    AuthenticationRequiredError,
     OperationCancelledError,
     ResultFormatError,
     ServerError,
@@ -73,11 +74,16 @@ def normalize_url(url: str) -> str:
 
 
 class Transport:
-    """Sends requests to one server; every call opens its own connection (thread-safe)."""
+    """Sends requests to one server; every call opens its own connection (thread-safe).
 
-    def __init__(self, base_url: str, timeout: float = 30.0):
+    ``token``: a bearer access token (MONAI Label's auth), sent as ``Authorization: Bearer ...``
+    with every request; None on a server without authentication.
+    """
+
+    def __init__(self, base_url: str, timeout: float = 30.0, token: str | None = None):
         self.base_url = normalize_url(base_url)
         self.timeout = float(timeout)
+        self.token = token or None
         parts = urllib.parse.urlsplit(self.base_url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or ""
@@ -132,6 +138,9 @@ class Transport:
         finally:
             unregister()
             conn.close()
+        if response.status == 401 and 401 not in ok_statuses:
+            reason = "your login has expired or was refused" if self.token else "no login token was sent"
+            raise AuthenticationRequiredError(self.base_url, f"HTTP 401 on {method} {path}: {reason}")
         if response.status >= 400 and response.status not in ok_statuses:
             raise ServerError(method, path, response.status, _detail(response))
         return response
@@ -155,6 +164,8 @@ class Transport:
     ) -> Response:
         conn.putrequest(method, target)
         conn.putheader("Accept", "application/json, multipart/form-data, */*")
+        if self.token:
+            conn.putheader("Authorization", f"Bearer {self.token}")
         if content_type:
             conn.putheader("Content-Type", content_type)
         if body is not None or method in ("POST", "PUT"):

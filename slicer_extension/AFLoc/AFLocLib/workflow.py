@@ -54,7 +54,8 @@ class PreparedImage:
 
     Attributes:
         path: the file sent to the server if it does not have the image yet (the module exports
-            NIfTI, or passes on the original DICOM file of a radiograph loaded from DICOM).
+            a grayscale volume as NIfTI, a colour (vector) volume as an RGB PNG, or passes on the
+            original DICOM file of a radiograph loaded from DICOM).
         image_id: datastore id (see :func:`volume_image_id`).
         ijk_to_lps: ``[4, 4]`` geometry of the volume in Slicer.
         shape: ``(I, J, K)`` voxel grid of the volume (``K = 1`` for a radiograph).
@@ -128,11 +129,17 @@ def localize(
     """Run the prompts on the image and build the draft (see the module docstring).
 
     Raises:
-        ConsentRequiredError: the server lacks the image and ``consent`` is False; nothing was sent.
+        ConsentRequiredError: ``consent`` is False; nothing at all was sent (not even the image id).
         PromptInputError, ServerError, ServerUnreachableError, OperationCancelledError, ...
     """
     context = context or TaskContext(CancelToken())
     prompts = split_prompts(prompt_text)
+    if not consent:
+        # Checked before any request: even "does the server have <name>-<digest>?" names the image.
+        raise ConsentRequiredError(
+            f"sending image '{image.image_id}' to the server {client.url} needs your consent "
+            "(its name and, if the server lacks it, its pixels leave this computer)"
+        )
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     # One folder per run: files of an earlier run (which a Localization still names) stay intact.
     work_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_dir))
@@ -140,12 +147,6 @@ def localize(
     context.report("Checking that the server has the image...", 0.05)
     uploaded = not client.has_image(image.image_id, cancel=context.cancel)
     if uploaded:
-        if not consent:
-            # Nothing has been sent; the module asks the user and runs again if allowed.
-            raise ConsentRequiredError(
-                f"image '{image.image_id}' is not on the server {client.url}; uploading it needs your "
-                "consent (the image leaves this computer)"
-            )
         context.report("Uploading the image...", 0.1)
         image_id = client.upload_image(image.path, image.image_id, consent=True, cancel=context.cancel)
         if image_id != image.image_id:
