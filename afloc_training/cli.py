@@ -1,4 +1,4 @@
-"""``afloc-train``: train AFLoc on a datastore folder, a CSV manifest or MIMIC-CXR-JPG.
+"""``afloc-train``: train AFLoc on a datastore folder, a CSV manifest, MIMIC-CXR-JPG or a PACS (DICOMweb).
 
 One process::
 
@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train AFLoc (annotation-free pathology localization) on image-report pairs.",
         epilog="Several processes: torchrun --nproc_per_node=N -m afloc_training.cli --data ... --out ...",
     )
-    parser.add_argument("--data", required=True, help="MONAI Label datastore folder, CSV manifest or MIMIC-CXR-JPG root")
+    parser.add_argument(
+        "--data", required=True,
+        help="MONAI Label datastore folder, CSV manifest, MIMIC-CXR-JPG root, or DICOMweb URL (http://host/dicom-web: "
+        "CR/DX images with the reports of their studies' SR instances)",
+    )
     parser.add_argument("--out", required=True, help="checkpoint folder to write (loadable at any time during training)")
     parser.add_argument("--config", default=None, help="preset (small, publication) or YAML file; default small")
     parser.add_argument("--epochs", type=_positive_int, default=None, help="total epochs (default: the config's)")
@@ -46,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--reports-root", default=None, help="MIMIC-CXR: root of the mimic-cxr-reports tree")
     parser.add_argument("--views", default="PA,AP", help="MIMIC-CXR: ViewPosition values to keep (default PA,AP)")
+    parser.add_argument(
+        "--dicomweb-cache", default=None,
+        help="DICOMweb: where downloaded images are kept (default $AFLOC_DICOMWEB_CACHE or ~/.cache/afloc/dicomweb)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -61,6 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stop = _StopOnSignal()
     from afloc_models.errors import AFLocError
 
+    if args.dicomweb_cache:
+        os.environ["AFLOC_DICOMWEB_CACHE"] = str(args.dicomweb_cache)
     try:
         _check_cheaply(args)
         # torch, transformers and MONAI take seconds to import: only once the arguments look right.
@@ -114,7 +124,9 @@ def _check_cheaply(args: argparse.Namespace) -> None:
     from afloc_models.config import load_config
     from afloc_models.errors import AFLocError
 
-    if not Path(args.data).expanduser().exists():
+    from afloc_training.dicomweb import is_dicomweb_url
+
+    if not is_dicomweb_url(args.data) and not Path(args.data).expanduser().exists():
         raise AFLocError(f"training data '{args.data}' does not exist")
     if args.config is not None:
         load_config(args.config)

@@ -1,6 +1,6 @@
 """Image-report pairs for AFLoc training: sources, a torch ``Dataset`` and its collate function.
 
-Three sources are recognised by :func:`load_pairs`:
+Four sources are recognised by :func:`load_pairs`:
 
 - **MONAI Label datastore folder**: images at the top level of the folder (or of the
   ``images_dir`` named in ``datastore_v2.json``). The report of image ``<id>.<ext>`` is the
@@ -18,6 +18,8 @@ Three sources are recognised by :func:`load_pairs`:
   ``mimic-cxr-2.0.0-metadata.csv(.gz)`` in the root only the views in ``views`` (PA, AP) are
   kept; with ``mimic-cxr-2.0.0-split.csv(.gz)`` the official ``validate`` split becomes the
   validation set and the ``test`` split is left out.
+- **DICOMweb** (an ``http(s)://`` URL): every CR/DX series whose study has a report in a DICOM
+  SR, images downloaded once into a cache (:mod:`afloc_training.dicomweb`).
 
 Every pair skipped while listing (missing image, empty report, other view) is counted in
 :class:`PairList` and, except for view filtering, named in a warning. An image that exists but
@@ -92,8 +94,8 @@ class PairList(Sequence):
     """
 
     pairs: list[ImageReportPair]
-    source: Path
-    kind: str  #: ``datastore``, ``csv`` or ``mimic``
+    source: Union[Path, str]  #: a folder or file, or a DICOMweb URL
+    kind: str  #: ``datastore``, ``csv``, ``mimic`` or ``dicomweb``
     skipped: Counter = field(default_factory=Counter)
     warnings: list[str] = field(default_factory=list)
 
@@ -140,13 +142,22 @@ def load_pairs(
     """List the image-report pairs of a datastore folder, a CSV manifest or a MIMIC-CXR-JPG tree.
 
     Args:
-        source: a folder (MONAI Label datastore or MIMIC-CXR-JPG root) or a ``.csv`` file.
+        source: a folder (MONAI Label datastore or MIMIC-CXR-JPG root), a ``.csv`` file or a
+            DICOMweb URL (``http(s)://host/dicom-web``).
         reports_root: MIMIC only: where the mimic-cxr-reports tree lives, if not in ``source``.
         views: MIMIC only: ``ViewPosition`` values to keep when the metadata CSV is present.
 
     Raises:
         AFLocError: the source does not exist, is malformed, or yields no usable pair.
     """
+    if isinstance(source, str) and source.strip().lower().startswith(("http://", "https://")):
+        from afloc_training.dicomweb import load_dicomweb_pairs
+
+        pairs = load_dicomweb_pairs(source.strip())
+        if not pairs.pairs:
+            detail = f" ({'; '.join(pairs.warnings[:3])}{' ...' if len(pairs.warnings) > 3 else ''})" if pairs.warnings else ""
+            raise AFLocError(f"no usable image-report pairs at '{source}': {pairs.summary()}{detail}")
+        return pairs
     path = Path(source).expanduser()
     if not path.exists():
         raise AFLocError(f"training data '{path}' does not exist")

@@ -6,6 +6,7 @@ Differences from the stock datastore:
 - Every image may carry a free-text report: the ``report`` entry of its image info (set with
   ``PUT /datastore/image`` + ``params`` or ``PUT /datastore/image/info``) or, failing that, a
   sidecar ``<id>.txt`` next to the image. The training task uses every image that has one.
+  ``GET /datastore/image/info`` shows it as ``report`` with ``report_source`` (where it came from).
 - Uploaded images are decoded once before they are accepted, so a corrupt or unsupported file
   is refused with a message instead of breaking inference later.
 - Image ids and label tags that could leave the datastore folder are refused (``lib.ids``).
@@ -22,7 +23,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from afloc_models.imaging import read_image
 from monailabel.datastore.local import LocalDatastore
@@ -32,10 +33,12 @@ from lib.ids import check_image_id, check_tag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AFLocDatastore", "DeferredLabelWrites", "REPORT_KEY", "datastore_extensions"]
+__all__ = ["AFLocDatastore", "DeferredLabelWrites", "REPORT_KEY", "REPORT_SOURCE_KEY", "datastore_extensions"]
 
 #: Image-info key holding an image's report.
 REPORT_KEY = "report"
+#: Key of ``GET /datastore/image/info`` saying where the report came from (info, sidecar, SR).
+REPORT_SOURCE_KEY = "report_source"
 #: Longest report accepted through the API (a radiology report is a few thousand characters).
 MAX_REPORT_CHARS = 20_000
 #: Image file patterns added to MONAI Label's defaults.
@@ -124,17 +127,30 @@ class AFLocDatastore(DeferredLabelWrites, LocalDatastore):
     # ----------------------------------------------------------------- reports
     def report(self, image_id: str) -> Optional[str]:
         """The image's report: its info's ``report`` entry, else the sidecar ``<id>.txt``; None if neither."""
+        return self.report_with_source(image_id)[0]
+
+    def report_with_source(self, image_id: str) -> Tuple[Optional[str], Dict[str, Any]]:
+        """The image's report and where it came from (``{"type": "info"}`` or ``{"type": "sidecar",
+        "file": "<id>.txt"}``; ``{"type": None, "reason": ...}`` without a report)."""
         obj = self._datastore.objects.get(image_id)
         if obj is None:
-            return None
+            return None, {"type": None, "reason": f"image {image_id!r} is not in the datastore"}
         text = obj.image.info.get(REPORT_KEY)
         if isinstance(text, str) and text.strip():
-            return text
+            return text, {"type": "info"}
         sidecar = Path(self._datastore.image_path()) / f"{image_id}.txt"
         if sidecar.is_file():
             text = sidecar.read_text(encoding="utf-8", errors="replace")
-            return text if text.strip() else None
-        return None
+            if text.strip():
+                return text, {"type": "sidecar", "file": sidecar.name}
+        return None, {"type": None, "reason": f"no 'report' in the image info and no sidecar '{sidecar.name}'"}
+
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        """MONAI Label's image info plus ``report`` and ``report_source`` (see :meth:`report_with_source`)."""
+        info = super().get_image_info(image_id)
+        if info:
+            info[REPORT_KEY], info[REPORT_SOURCE_KEY] = self.report_with_source(image_id)
+        return info
 
     def images_with_reports(self) -> list[str]:
         """Ids of the images that have a non-empty report, sorted."""
@@ -166,7 +182,8 @@ class AFLocDatastore(DeferredLabelWrites, LocalDatastore):
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         check_image_id(image_id)
         _check_report(info)
-        super().update_image_info(image_id, info)
+        # report_source is computed on every read, never stored.
+        super().update_image_info(image_id, {k: v for k, v in info.items() if k != REPORT_SOURCE_KEY})
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         check_image_id(image_id)

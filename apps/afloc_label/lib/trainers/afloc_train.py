@@ -11,6 +11,12 @@ Request fields (JSON body of ``POST /train/afloc_train``; defaults in :data:`DEF
 ``init`` (``current``: fine-tune the served checkpoint; ``scratch``: new model), ``config``
 (preset or YAML for a scratch run; empty = ``small``, or the checkpoint's own when fine-tuning),
 ``max_steps``, ``max_minutes``, ``epochs`` (empty = the config's), ``seed``.
+
+Data: a local datastore trains on its folder (reports from image info or ``<id>.txt``). A
+DICOMweb datastore trains on every listed image series whose study has a report (its DICOM SR
+instances, or image info ``report``); each image is downloaded once into the datastore's cache
+and reused by later epochs and runs. Images left out are counted by reason in the result's
+``skipped`` (``empty_report``, ``missing_image``), with the first messages in the stats.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
@@ -47,6 +53,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
 _PUBLISHABLE = ("completed", "max_minutes")
 # Seconds between progress updates of train_stats.json while a run is going.
 _STATS_EVERY_S = 5.0
+# Skip messages (no report, image not downloadable) kept in train_stats.json.
+_SKIP_MESSAGES = 20
 
 
 class AFLocTrainTask(TrainTask):
@@ -73,22 +81,28 @@ class AFLocTrainTask(TrainTask):
         from afloc_training.trainer import train
 
         options = _parse_options(request)
-        if not isinstance(datastore, AFLocDatastore):
-            raise BadRequestError("afloc_train trains on a local datastore folder; this server uses a remote one")
-        with_reports = datastore.images_with_reports()
-        if len(with_reports) < 2:
+        data, count = _training_data(datastore)
+        if count < 2:
             raise BadRequestError(
-                f"only {len(with_reports)} datastore image(s) have a report; contrastive training needs at "
-                "least 2 (add reports as image info 'report' or as <id>.txt next to the image)"
+                f"only {count} datastore image(s) have a report; contrastive training needs at least 2 "
+                + (
+                    "(add reports as image info 'report' or as <id>.txt next to the image)"
+                    if isinstance(datastore, AFLocDatastore)
+                    else "(reports come from the studies' DICOM SR instances or image info 'report')"
+                    + (f"; {data.summary()}: {'; '.join(data.warnings[:3])}" if data is not None else "")
+                )
             )
         served = self.store.served()
         init_from = served.path if options["init"] == "current" and served is not None else None
         run_dir = self.store.new_run_dir()
-        progress = _Progress(self.store.stats_file, run_dir, options, len(with_reports), init_from)
+        progress = _Progress(self.store.stats_file, run_dir, options, count, init_from)
+        if data is not None:
+            progress.base["source"] = data.summary()
+            progress.base["skip_messages"] = data.warnings[:_SKIP_MESSAGES]
         progress.write("RUNNING")
         try:
             result = train(
-                datastore.root(),
+                data if data is not None else datastore.root(),
                 run_dir,
                 config=options["config"],
                 epochs=options["epochs"],
@@ -127,6 +141,20 @@ class AFLocTrainTask(TrainTask):
         progress.write("DONE", result=summary, version=published.version)
         logger.info("published %s (version %s)", run_dir.name, published.version)
         return summary
+
+
+def _training_data(datastore: Datastore) -> Tuple[Optional[Any], int]:
+    """What to train on: ``(None, n)`` for a local folder (the trainer lists it itself), or the
+    pairs of a DICOMweb datastore (images downloaded once into its cache) and their count."""
+    if isinstance(datastore, AFLocDatastore):
+        return None, len(datastore.images_with_reports())
+    pairs_of = getattr(datastore, "training_pairs", None)
+    if pairs_of is None:
+        raise BadRequestError(
+            f"afloc_train cannot read reports from a {type(datastore).__name__}; use a local folder or a DICOMweb PACS"
+        )
+    pairs = pairs_of()
+    return pairs, len(pairs)
 
 
 def _parse_options(request: Dict[str, Any]) -> Dict[str, Any]:
