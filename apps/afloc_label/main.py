@@ -7,7 +7,9 @@ Start it with::
 
 Models: ``afloc`` (segmentation: prompt -> named label + float heatmaps) and ``afloc_classify``
 (classification: findings -> probabilities). Trainer: ``afloc_train`` (contrastive training on
-every datastore image with a report). See ``docs/app.md``.
+every datastore image with a report). Report-driven drafts of the whole datastore:
+``POST/GET/DELETE /afloc/draft`` (``lib.drafting``); the next draft to review: strategy
+``afloc_review``. See ``docs/app.md``.
 
 ``--conf`` keys:
 
@@ -64,9 +66,10 @@ from monailabel.datastore.dicom import DICOMWebDatastore  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.datastore import Datastore  # noqa: E402
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
+from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
-from lib import http_errors, params_guard  # noqa: E402
+from lib import drafting, http_errors, params_guard  # noqa: E402
 from lib.checkpoints import ModelStore  # noqa: E402
 from lib.datastore import AFLocDatastore, datastore_extensions  # noqa: E402
 from lib.dicomweb_datastore import adopt  # noqa: E402
@@ -75,6 +78,7 @@ from lib.ids import check_image_id  # noqa: E402
 from lib.infers import AFLocClassifyTask, AFLocLocalizeTask  # noqa: E402
 from lib.params import parse_bool  # noqa: E402
 from lib.served_model import ServedModel  # noqa: E402
+from lib.strategies import AFLocReview  # noqa: E402
 from lib.trainers import AFLocTrainTask  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ logger = logging.getLogger(__name__)
 LOCALIZE_MODEL = "afloc"
 CLASSIFY_MODEL = "afloc_classify"
 TRAINER = "afloc_train"
+REVIEW_STRATEGY = "afloc_review"
 
 
 class AFLocLabelApp(MONAILabelApp):
@@ -94,6 +99,7 @@ class AFLocLabelApp(MONAILabelApp):
         self.served = ServedModel(self.store, device=conf.get("device", "auto"))
         self._preload = parse_bool(conf.get("preload"), "preload", True)
         self._threads = _thread_count(conf.get("threads"))
+        self.draft_job = drafting.DraftJob(self.served, lambda: self.datastore(), self.model_dir / "draft_stats.json")
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -123,6 +129,9 @@ class AFLocLabelApp(MONAILabelApp):
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         return {TRAINER: AFLocTrainTask(self.store)}
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        return {**super().init_strategies(), REVIEW_STRATEGY: AFLocReview()}
 
     def on_init_complete(self) -> None:
         # Only the server calls this: training subprocesses keep PyTorch's own thread count.
@@ -205,6 +214,12 @@ def _base_checkpoint(conf_value: Optional[str]) -> Optional[Path]:
     return demo if demo.is_dir() else None
 
 
+def _app_instance() -> "AFLocLabelApp":
+    from monailabel.interfaces.utils.app import app_instance
+
+    return app_instance()
+
+
 def _install_server_hooks() -> None:
     """Inside the server (``monailabel.app`` loaded): JSON errors and the OHIF static fix."""
     server = sys.modules.get("monailabel.app")
@@ -213,6 +228,7 @@ def _install_server_hooks() -> None:
         return  # a training subprocess or a script: no HTTP server here
     http_errors.install(fastapi_app)
     params_guard.install(fastapi_app)
+    drafting.install(fastapi_app, lambda: _app_instance().draft_job)
     if (_APP_DIR / "lib" / "ohif_static.py").is_file():
         try:
             importlib.import_module("lib.ohif_static").install(fastapi_app)
