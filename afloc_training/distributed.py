@@ -112,13 +112,16 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
 
 
 def gather_sizes(ctx: DistContext, *sizes: int) -> torch.Tensor:
-    """``[world_size, len(sizes)]`` integer table of every rank's ``sizes``."""
-    local = torch.tensor(sizes, dtype=torch.long, device=ctx.device)
+    """``[world_size, len(sizes)]`` integer table (on the CPU) of every rank's ``sizes``.
+
+    A single process needs no collective, so nothing touches the device (no host-device sync).
+    """
     if not ctx.is_distributed:
-        return local.unsqueeze(0)
+        return torch.tensor(sizes, dtype=torch.long).unsqueeze(0)
+    local = torch.tensor(sizes, dtype=torch.long, device=ctx.device)
     table = [torch.empty_like(local) for _ in range(ctx.world_size)]
     dist.all_gather(table, local)
-    return torch.stack(table)
+    return torch.stack(table).cpu()
 
 
 def gather_features(

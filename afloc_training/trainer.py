@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from afloc_models.config import AFLocConfig, load_config
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
-from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc
+from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc, AFLocLosses
 from afloc_models.text_encoder import TextFeatures
 from afloc_models.tokenization import TokenizedReports
 from afloc_training import distributed as D
@@ -60,6 +60,8 @@ STATE_FORMAT = "afloc-train-state/1"
 SPLIT_SEED = 0
 #: Consecutive non-finite losses tolerated (update skipped each time) before giving up.
 MAX_BAD_STEPS = 20
+#: On CUDA, step statistics stay on the device and are read this many steps at a time.
+DEVICE_STATS_EVERY = 25
 #: Memory for the frozen text body's token embeddings (2,000 phantom reports take ~0.15 GiB).
 TOKEN_CACHE_BYTES = 2 << 30
 
@@ -200,6 +202,19 @@ class _Encoders(nn.Module):
         return self.model.encode_image(images), self.model.encode_text(tokens)
 
 
+def _defers_stats(device: torch.device) -> bool:
+    """Whether a step keeps its statistics on the device (no host sync): on CUDA."""
+    return device.type == "cuda"
+
+
+@dataclass
+class _DeviceStats:
+    """A CUDA step's ``[loss, word, sentence, global, grad_norm]``, still on the device."""
+
+    values: torch.Tensor
+    lr: float
+
+
 class _ResumableSampler(DistributedSampler):
     """DistributedSampler that can start an epoch ``skip`` indices in (a resumed position)."""
 
@@ -325,6 +340,7 @@ class _Run:
         self.loop_images = 0
         self.unreadable: list[str] = []
         self.bad_steps = 0
+        self.pending: list[tuple[int, _DeviceStats, float]] = []  # CUDA step statistics not read yet
         self.resumed_from = 0
         self.saved_step = -1
         self.started = time.monotonic()
@@ -597,22 +613,55 @@ class _Run:
             rate, tick = int(sizes.sum()) / max(now - tick, 1e-9), now
             self.loop_seconds += now - waiting_since
             self.loop_images += int(sizes.sum())
-            if values is not None:
-                losses.append(values["loss"])
-                self._log_step(values, rate)
-                bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{rate:.1f}", epoch=self.epoch + 1)
+            if isinstance(values, _DeviceStats):
+                self.pending.append((self.step, values, rate))
+                if len(self.pending) >= DEVICE_STATS_EVERY:
+                    self._drain_pending(losses, bar)
+            elif values is not None:
+                self._record_step(values, rate, losses, bar)
             bar.update(1)
             if self.batch_in_epoch >= self.steps_per_epoch:
+                self._drain_pending(losses, bar)
                 return None  # the epoch end validates, saves and checks for a stop
             stopped = self._should_stop(deadline)
             if stopped or (self.save_every and self.step % self.save_every == 0):
+                self._drain_pending(losses, bar)
                 self._save()
             if stopped:
                 return stopped
             waiting_since = time.monotonic()  # logging and saving above count as neither
+        self._drain_pending(losses, bar)
         if not produced:  # nothing left in this epoch (e.g. the data shrank since the checkpoint)
             self.batch_in_epoch = self.steps_per_epoch
         return None
+
+    def _record_step(self, values: dict[str, float], rate: float, losses: list[float], bar) -> None:
+        losses.append(values["loss"])
+        self._log_step(values, rate)
+        bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{rate:.1f}", epoch=self.epoch + 1)
+
+    def _drain_pending(self, losses: list[float], bar) -> None:
+        """Read the device-side statistics of the last steps in one transfer (one host sync)."""
+        if not self.pending:
+            return
+        table = torch.stack([stats.values for _, stats, _ in self.pending]).cpu().tolist()
+        pending, self.pending = self.pending, []
+        for (step, stats, rate), row in zip(pending, table):
+            loss, word, sentence, glob, grad_norm = row
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                # The fused optimiser already skipped this update on the device (found_inf).
+                self.bad_steps += 1
+                logger.warning("step %d skipped: non-finite loss or gradient", step)
+                if self.bad_steps >= MAX_BAD_STEPS:
+                    raise AFLocError(
+                        f"training diverged: {MAX_BAD_STEPS} consecutive non-finite losses at step {step}; "
+                        "lower optim.lr or raise optim.warmup_steps"
+                    )
+                continue
+            self.bad_steps = 0
+            values = {"loss": loss, "loss_word": word, "loss_sentence": sentence, "loss_global": glob,
+                      "grad_norm": grad_norm, "lr": stats.lr}
+            self._record_step(values, rate, losses, bar)
 
     def _loader(self) -> DataLoader:
         workers = self.config.data.num_workers
@@ -632,8 +681,12 @@ class _Run:
 
     def _train_step(
         self, batch: Batch, sizes: torch.Tensor, time_fraction: Optional[float]
-    ) -> Optional[dict[str, float]]:
-        """One optimiser update on the global batch (``sizes``: rows per rank); None when skipped."""
+    ) -> Union[dict[str, float], _DeviceStats, None]:
+        """One optimiser update on the global batch (``sizes``: rows per rank); None when skipped.
+
+        On CUDA the statistics stay on the device (:class:`_DeviceStats`) so the step never waits
+        for the GPU.
+        """
         self._note_skipped(batch)
         if int(sizes.min()) == 0 or int(sizes.sum()) < 2:
             logger.warning("step %d skipped: too few readable images in the batch", self.step)
@@ -656,6 +709,8 @@ class _Run:
             )
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
+        if _defers_stats(device):
+            return self._update_on_device(losses)
         grad_clip = self.config.optim.grad_clip
         if grad_clip > 0:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip))
@@ -679,6 +734,28 @@ class _Run:
         values["grad_norm"] = grad_norm
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         return values
+
+    def _update_on_device(self, losses: AFLocLosses) -> "_DeviceStats":
+        """Clip, check and step without a host-device sync (CUDA).
+
+        The fused Adam kernel reads ``found_inf`` on the device and leaves weights, moments and
+        its step count untouched when the loss or the gradient norm is not finite; the trainer
+        learns about such steps when it next reads the statistics (:meth:`_drain_pending`).
+        """
+        grad_clip = self.config.optim.grad_clip
+        if grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, grad_clip)
+        else:
+            grad_norm = torch.linalg.vector_norm(torch.stack([
+                p.grad.detach().norm() for p in self.trainable if p.grad is not None
+            ]))
+        values = torch.stack([
+            losses.total.detach().float(), losses.word.detach().float(), losses.sentence.detach().float(),
+            losses.global_.detach().float(), grad_norm.detach().float(),
+        ])
+        self.optimizer.found_inf = (~torch.isfinite(values[[0, 4]]).all()).float()
+        self.optimizer.step()
+        return _DeviceStats(values=values, lr=float(self.optimizer.param_groups[0]["lr"]))
 
     def _note_skipped(self, batch: Batch) -> None:
         for skipped in batch.skipped:

@@ -280,3 +280,33 @@ def test_real_data_smoke_few_steps(tmp_path):
     assert result.steps == 2 and result.train_pairs + result.val_pairs == 158
     assert result.train_loss is not None and torch.isfinite(torch.tensor(result.train_loss))
     AFLoc.from_pretrained(result.checkpoint)
+
+
+@pytest.mark.slow
+def test_sync_free_step_trains_and_skips_exactly_like_the_host_step(workspace, monkeypatch, caplog):
+    """The CUDA step (statistics on the device, fused Adam skipping non-finite steps through
+    ``found_inf``) forced onto the CPU: same weights as the host-checked step, a NaN step included."""
+    import afloc_training.trainer as trainer_module
+
+    original = AFLoc.compute_loss
+    calls = {"n": 0}
+
+    def nan_on_third_call(self, image, text):
+        losses = original(self, image, text)
+        if torch.is_grad_enabled():  # training steps only, not validation
+            calls["n"] += 1
+            if calls["n"] == 3:
+                losses.total = losses.total * float("nan")
+        return losses
+
+    monkeypatch.setattr(AFLoc, "compute_loss", nan_on_third_call)
+    results = {}
+    for deferred in (False, True):
+        calls["n"] = 0
+        monkeypatch.setattr(trainer_module, "_defers_stats", lambda device, d=deferred: d)
+        caplog.clear()
+        results[deferred] = train(workspace / "data", workspace / f"deferred_{deferred}", config=_config(workspace),
+                                  epochs=2, seed=0, save_every=0, progress=False, log_dir=workspace / f"tb_d{deferred}")
+        assert "non-finite loss or gradient" in caplog.text
+    _assert_same_weights(results[False].checkpoint, results[True].checkpoint)
+    assert results[True].train_loss == pytest.approx(results[False].train_loss, rel=1e-6)
