@@ -2,7 +2,8 @@
 # Installs the system pieces of the OHIF (DICOMweb) mode and its browser test:
 #   Orthanc + its DICOMweb plugin (the local DICOMweb server), Debian's Chromium (the browser the
 #   test drives), dcmtk (command-line DICOM inspection), curl, unshare/ip (the test's private
-#   network namespace), Node.js/npm, and the npm package
+#   network namespace), Node.js/npm, the Inter font (fonts-inter: the viewer's font, served by
+#   the server so the browser never asks Google Fonts), and the npm package
 #   playwright-core into tests/browser/node_modules (the library that drives Chromium; it ships
 #   no browser of its own, so nothing is downloaded besides registry packages).
 #
@@ -27,6 +28,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The viewer's Inter font, served locally by the server (lib/ohif_static.py) instead of Google Fonts.
+[ -e /usr/share/fonts/opentype/inter/Inter-Regular.otf ] || missing+=(fonts-inter)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the OHIF end-to-end check inside a private network namespace:
-#   unshare -n bash tests/browser/run_in_netns.sh OUT_DIR CHECKPOINT [PROMPT [MODALITY]]
-# MODALITY (CR or DX, default CR) picks the demo study opened in the viewer.
+#   unshare -n bash tests/browser/run_in_netns.sh OUT_DIR CHECKPOINT [PROMPT [MODALITY [SUITE]]]
+# MODALITY (CR or DX, default CR) picks the demo study opened in the viewer. SUITE: `stock`
+# (default; the stock MONAI Label panel, ohif_e2e.js + dicomweb_checks.py) or `panel` (the AFLoc
+# panel, ohif_panel_e2e.js).
 # Orthanc (which listens on every interface), the AFLoc Label server and Chromium all live in
 # the namespace, where the only interface is loopback: nothing is reachable from outside and
 # nothing outside is reachable from the browser.
@@ -13,6 +15,7 @@ OUT="$1"
 CHECKPOINT="$2"
 PROMPT="${3:-right pleural effusion}"
 MODALITY="${4:-CR}"
+SUITE="${5:-stock}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PORT=8000
 ORTHANC_PORT=8042
@@ -58,6 +61,13 @@ while IFS= read -r uid; do
 done < <(qido 'series' | uids 0020000E)
 
 status=0
+if [ "$SUITE" = "panel" ]; then
+  SERIES="$(qido "studies/$STUDY/series?Modality=$MODALITY" | uids 0020000E | head -n 1)"
+  node "$ROOT/tests/browser/ohif_panel_e2e.js" --base-url "http://127.0.0.1:$PORT" \
+    --orthanc-url "http://127.0.0.1:$ORTHANC_PORT" --study "$STUDY" --series "$SERIES" --out "$OUT" \
+    --prompt "$PROMPT" --report "${AFLOC_E2E_REPORT:-}" --timeout-s "${AFLOC_E2E_TIMEOUT_S:-240}" || status=$?
+  exit "$status"
+fi
 node "$ROOT/tests/browser/ohif_e2e.js" --base-url "http://127.0.0.1:$PORT" --study "$STUDY" \
   --out "$OUT" --prompt "$PROMPT" --timeout-s "${AFLOC_E2E_TIMEOUT_S:-100}" "${series_args[@]}" || status=$?
 # Datastore calls in DICOMweb mode (drafts, heatmaps, a final label stored as DICOM-SEG).

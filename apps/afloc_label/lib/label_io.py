@@ -59,8 +59,12 @@ def write_label(
     compress: bool = True,
     source_dicom: Optional[Path] = None,
     model_version: str = "",
+    series_description: str = "AFLoc text-prompted localization (draft)",
 ) -> Path:
-    """Write ``label`` ``[H, W]`` to ``path``; the format follows the suffix (see module docstring)."""
+    """Write ``label`` ``[H, W]`` to ``path``; the format follows the suffix (see module docstring).
+
+    ``model_version`` and ``series_description`` are used by DICOM-SEG only.
+    """
     if label.shape != geometry.shape:
         raise ValueError(f"label shape {label.shape} does not match the image grid {geometry.shape}")
     name = path.name.lower()
@@ -73,7 +77,7 @@ def write_label(
             raise BadRequestError(
                 "result_extension '.dcm' (DICOM-SEG) needs a DICOM source image; use '.nrrd' or '.nii.gz'"
             )
-        _write_dicom_seg(path, label, segments, geometry, source_dicom, model_version)
+        _write_dicom_seg(path, label, segments, geometry, source_dicom, model_version, series_description)
     else:
         raise ValueError(f"unsupported label file type: {path.name}")
     return path
@@ -184,6 +188,7 @@ def _write_dicom_seg(
     geometry: Geometry,
     source: Path,
     model_version: str,
+    series_description: str,
 ) -> None:
     import highdicom as hd
     import pydicom
@@ -221,7 +226,7 @@ def _write_dicom_seg(
         manufacturer_model_name="AFLoc",
         software_versions=afloc_models.__version__,
         device_serial_number="0",
-        series_description="AFLoc text-prompted localization (draft)",
+        series_description=series_description[:64],
         omit_empty_frames=False,
         # Stated explicitly: highdicom would copy an unusable source spacing (real CR files carry
         # 0\0) and omit the slice thickness its own reader requires.

@@ -7,8 +7,9 @@
  *
  * Why a mode of our own: the bundled "MONAI Label" mode accepts only CT/MR studies and hangs
  * them in an MPR layout, which cannot show a single projection radiograph. This mode shows
- * CR/DX (and other 2D) studies in a stack viewport, with the stock MONAI Label panel on the
- * right. The panel writes inference results into a labelmap *volume*
+ * CR/DX (and other 2D) studies in a stack viewport, with the AFLoc panel (lib/ohif/afloc_panel.js:
+ * prompt box, heatmap overlay, threshold, Accept into the PACS) and the stock MONAI Label panel
+ * on the right. The panel writes inference results into a labelmap *volume*
  * (segmentationService.getLabelmapVolume); a stack viewport keeps its labelmap as images, so
  * the mode gives that call a stand-in that reads and writes the stack's labelmap images.
  *
@@ -26,6 +27,8 @@
     segSopClass: '@ohif/extension-cornerstone-dicom-seg.sopClassHandlerModule.dicom-seg',
     segViewport: '@ohif/extension-cornerstone-dicom-seg.viewportModule.dicom-seg',
     monaiPanel: '@ohif/extension-monai-label.panelModule.monailabel',
+    // lib/ohif/afloc_panel.js registers this extension (it is appended after this file).
+    aflocPanel: 'afloc-label.panelModule.afloc',
     tools: '@ohif/extension-cornerstone.utilityModule.tools',
     common: '@ohif/extension-cornerstone.utilityModule.common',
   };
@@ -196,9 +199,15 @@
         pointPanelAtThisServer();
         installStackLabelmapSupport(context.extensionManager, services.segmentationService);
         exposeTestHook(context.servicesManager);
+        if (window.__aflocPanel) {
+          window.__aflocPanel.enter(context.servicesManager, context.extensionManager);
+        }
       },
       onModeExit: function (context) {
         var services = context.servicesManager.services;
+        if (window.__aflocPanel) {
+          window.__aflocPanel.exit();
+        }
         services.uiDialogService.dismissAll();
         services.uiModalService.hide();
         services.toolGroupService.destroy();
@@ -220,7 +229,7 @@
               id: IDS.layout,
               props: {
                 leftPanels: [IDS.seriesList],
-                rightPanels: [IDS.monaiPanel],
+                rightPanels: [IDS.aflocPanel, IDS.monaiPanel],
                 rightPanelDefaultClosed: false,
                 viewports: [
                   { namespace: IDS.viewport, displaySetsToDisplay: [IDS.stack] },
@@ -236,6 +245,8 @@
         '@ohif/extension-cornerstone': '^3.0.0',
         '@ohif/extension-cornerstone-dicom-seg': '^3.0.0',
         '@ohif/extension-monai-label': '^3.0.0',
+        // Not 'afloc-label': the viewer would try to import it by name. It is registered at
+        // start from window.config.extensions (lib/ohif/afloc_panel.js).
       },
       hangingProtocol: 'default',
       sopClassHandlers: [IDS.stack, IDS.segSopClass],
