@@ -171,6 +171,8 @@ async function main() {
 
     // 3. MONAI Label panel: connect, prompt, run.
     step('connect the MONAI Label panel');
+    // The AFLoc panel is the first tab on the right; the stock panel is the next one.
+    await page.locator('[data-cy$="monailabel-btn"]').first().click();
     await page.locator('td:has(#monailabelServerURL) ~ td button.actionButton').click();
     await page.getByText('Options / Configurations').first().waitFor({ timeout: 30000 });
     step('type the prompt');

@@ -158,12 +158,18 @@ def write_segmentation(
     path: Path, label: np.ndarray, request: SaveRequest, geometry: Geometry, source: Path, kind: str
 ) -> Path:
     """Write the DICOM-SEG of ``label`` over the ``source`` DICOM to ``path``."""
-    # Segments absent from the label (an unticked or empty one) are not described.
+    # Segments absent from the label (an unticked or empty one) are not described; the others
+    # are renumbered 1..N in their order (DICOM-SEG segment numbers have no gaps).
     present = set(np.unique(label).tolist())
-    segments = [s for s in request.segments if s.value in present]
+    kept = sorted((s for s in request.segments if s.value in present), key=lambda s: s.value)
+    lut = np.zeros(256, dtype=np.uint8)
+    segments = []
+    for number, segment in enumerate(kept, start=1):
+        lut[segment.value] = number
+        segments.append(Segment(name=segment.name, value=number, color=segment.color))
     return write_label(
         path,
-        label,
+        lut[label],
         segments,
         geometry,
         source_dicom=source,

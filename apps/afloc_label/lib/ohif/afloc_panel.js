@@ -309,7 +309,7 @@
     }
     if (reply.status === 503) return 'The AFLoc model is not available: ' + detail;
     if (reply.status === 404 && /model/i.test(detail)) return 'The server has no AFLoc model: ' + detail;
-    if (reply.status >= 400 && reply.status < 500) return what + ': ' + (detail || 'HTTP ' + reply.status);
+    if (reply.status >= 400 && reply.status < 500) return 'The server refused (' + what + '): ' + (detail || 'HTTP ' + reply.status);
     return what + ' failed on the server (HTTP ' + reply.status + ')' + (detail ? ': ' + detail : '');
   }
 
@@ -700,6 +700,7 @@
     // Names: a dark tag with the prompt above each segment's top-left.
     ctx.font = Math.round(12 * dpr) + 'px Inter, sans-serif';
     ctx.textBaseline = 'bottom';
+    var placed = [];
     boxes.forEach(function (box, i) {
       if (!box) return;
       var name = prompts[i].text;
@@ -707,6 +708,13 @@
       var th = 16 * dpr;
       var x = Math.min(Math.max(0, box.u0), W - tw);
       var y = Math.max(th, box.v0 - 3 * dpr);
+      // Tags of segments that start at the same place are stacked, not drawn over each other.
+      for (var tries = 0; tries < prompts.length; tries++) {
+        var hit = placed.some(function (r) { return x < r[0] + r[2] && r[0] < x + tw && y - th < r[1] && r[1] - r[3] < y; });
+        if (!hit) break;
+        y += th + 2 * dpr;
+      }
+      placed.push([x, y, tw, th]);
       ctx.fillStyle = 'rgba(0,0,0,0.75)';
       ctx.fillRect(x, y - th, tw, th);
       ctx.fillStyle = 'rgb(' + prompts[i].color.join(',') + ')';

@@ -1,0 +1,323 @@
+"""Fast checks of the AFLoc OHIF panel's parts, without a browser or Orthanc.
+
+- the panel's JavaScript helpers (``lib/ohif/afloc_panel.js``), run in Node: the threshold and
+  overlap rule against the server's own Python (``threshold_mask``, ``combine_masks``) on float32
+  heatmaps with values on and next to the threshold; the NIfTI reader on a heatmap the server
+  writes; prompt splitting; report findings (negations left out);
+- ``lib.ohif_segments``: request checks and the DICOM-SEG it writes over the real CR, read back
+  with highdicom (segment labels are the prompts, the model version is in the series description);
+- ``lib.ohif_static``: no Google Fonts in the viewer's page or styles, the local Inter font, the
+  panel's files, and refusal of paths outside them.
+
+The browser path is in ``tests/test_ohif_panel.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = REPO_ROOT / "apps" / "afloc_label"
+PANEL_JS = APP_DIR / "lib" / "ohif" / "afloc_panel.js"
+if str(APP_DIR) not in sys.path:
+    sys.path.append(str(APP_DIR))
+
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+
+
+def _node(script: str, *files: Path) -> dict:
+    """Run ``script`` in Node after loading the panel (``panel`` is window.__aflocPanel)."""
+    prelude = f"global.window = {{}}; require({json.dumps(str(PANEL_JS))}); const panel = window.__aflocPanel;"
+    out = subprocess.run(["node", "-e", prelude + script, *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+# --------------------------------------------------------------------------------------------
+# The panel's JavaScript
+# --------------------------------------------------------------------------------------------
+
+
+@needs_node
+def test_panel_registers_an_extension_with_its_panel():
+    info = _node(
+        "const ext = window.config.extensions[0]; const p = ext.getPanelModule()[0];"
+        "console.log(JSON.stringify({id: ext.id, name: p.name, label: p.label, panelId: panel.panelId,"
+        " element: p.component().type}));"
+    )
+    assert info == {"id": "afloc-label", "name": "afloc", "label": "AFLoc", "panelId": "afloc-label.panelModule.afloc", "element": "div"}
+
+
+def _heatmaps(tmp_path: Path, thresholds: list[float]) -> tuple[np.ndarray, Path]:
+    """Three float32 heatmaps in [-1, 1] with many values on and beside each threshold."""
+    rng = np.random.default_rng(3)
+    maps = rng.uniform(-1, 1, size=(3, 64, 80)).astype(np.float32)
+    for t in thresholds:
+        f = np.float32(t)
+        for value in (f, np.nextafter(f, np.float32(2)), np.nextafter(f, np.float32(-2))):
+            spots = rng.integers(0, maps.size, size=200)
+            maps.reshape(-1)[spots] = value
+    # Equal heat in two prompts at covered pixels: the first prompt wins ties.
+    maps[1, :4, :4] = maps[0, :4, :4] = 0.9
+    path = tmp_path / "maps.f32"
+    maps.tofile(path)
+    return maps, path
+
+
+@needs_node
+@pytest.mark.parametrize("threshold", [0.3, 0.55, 0.1, -0.2, 0.7])
+def test_browser_threshold_rule_is_the_servers(tmp_path, threshold):
+    from afloc_models.inference.heatmap import threshold_mask
+    from lib.infers.localize import combine_masks
+
+    maps, path = _heatmaps(tmp_path, [threshold])
+    negated = [False, False, True]
+    masks = [threshold_mask(h, threshold) if not n else np.zeros(h.shape, bool) for h, n in zip(maps, negated)]
+    expected = combine_masks(list(maps), masks)
+    got = _node(
+        "const fs = require('fs'); const b = fs.readFileSync(process.argv[1]);"
+        "const all = new Float32Array(b.buffer, b.byteOffset, b.length / 4); const n = 64 * 80;"
+        "const prompts = [0, 1, 2].map((i) => ({negated: i === 2, heat: {data: all.subarray(i * n, (i + 1) * n)}}));"
+        f"const label = panel.combinedLabel(prompts, {threshold!r}, null);"
+        "console.log(JSON.stringify(Array.from(label)));",
+        path,
+    )
+    assert np.array_equal(np.asarray(got, dtype=np.uint8).reshape(64, 80), expected)
+
+
+@needs_node
+def test_unticked_segments_are_left_out(tmp_path):
+    maps, path = _heatmaps(tmp_path, [0.3])
+    got = _node(
+        "const fs = require('fs'); const b = fs.readFileSync(process.argv[1]);"
+        "const all = new Float32Array(b.buffer, b.byteOffset, b.length / 4); const n = 64 * 80;"
+        "const prompts = [0, 1, 2].map((i) => ({negated: false, heat: {data: all.subarray(i * n, (i + 1) * n)}}));"
+        "console.log(JSON.stringify(Array.from(panel.combinedLabel(prompts, 0.3, [false, true, false]))));",
+        path,
+    )
+    assert np.array_equal(np.asarray(got).reshape(64, 80), np.where(maps[1] >= np.float32(0.3), 2, 0))
+
+
+@needs_node
+def test_nifti_reader_reads_the_servers_heatmap_file(tmp_path):
+    from lib.geometry import Geometry
+    from lib.label_io import write_heatmap
+
+    heat = np.linspace(-1, 1, 37 * 53, dtype=np.float32).reshape(37, 53)
+    path = write_heatmap(tmp_path / "heat.nii", heat, Geometry(shape=(37, 53), spacing=(0.5, 0.7)))
+    got = _node(
+        "const b = require('fs').readFileSync(process.argv[1]);"
+        "const h = panel.parseNifti(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));"
+        "console.log(JSON.stringify({w: h.width, h: h.height, data: Array.from(h.data)}));",
+        path,
+    )
+    assert (got["w"], got["h"]) == (53, 37)
+    assert np.array_equal(np.asarray(got["data"], dtype=np.float32).reshape(37, 53), heat)
+
+
+@needs_node
+def test_prompts_split_on_semicolons_and_lines():
+    got = _node("console.log(JSON.stringify(panel.splitPrompts(' right  pleural effusion;\\n\\ncardiomegaly ;; nodule\\n')));")
+    assert got == ["right pleural effusion", "cardiomegaly", "nodule"]
+
+
+@needs_node
+def test_report_findings_are_the_stated_ones():
+    report = (
+        "FINDINGS: Moderate right pleural effusion. No pneumothorax. Mild cardiomegaly.\n"
+        "There is no focal consolidation. Heart size is normal. Left basilar atelectasis.\n"
+        "IMPRESSION: Moderate right pleural effusion."
+    )
+    got = _node(f"console.log(JSON.stringify(panel.reportFindings({json.dumps(report)})));")
+    assert got == ["moderate right pleural effusion", "mild cardiomegaly", "left basilar atelectasis"]
+    assert _node("console.log(JSON.stringify(panel.reportFindings('')))") == []
+
+
+# --------------------------------------------------------------------------------------------
+# POST /afloc/segments: checks and the DICOM-SEG
+# --------------------------------------------------------------------------------------------
+
+
+def _params(**overrides) -> str:
+    params = {
+        "segments": [{"value": 1, "name": "right pleural effusion", "color": [242, 77, 64]}, {"value": 2, "name": "cardiomegaly"}],
+        "model_version": "20261128-demo",
+        "threshold": 0.3,
+    }
+    params.update(overrides)
+    return json.dumps(params)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ("", "'params' is missing"),
+        ("{", "not JSON"),
+        ("[]", "JSON object"),
+        (_params(segments=[]), "non-empty list"),
+        (_params(segments=[{"value": i, "name": f"f{i}"} for i in range(1, 10)]), "at most 8"),
+        (_params(segments=[{"value": 0, "name": "a"}]), "integer 1..255"),
+        (_params(segments=[{"value": 1, "name": "  "}]), "prompt text"),
+        (_params(segments=[{"value": 1, "name": "x" * 65}]), "DICOM allows 64"),
+        (_params(segments=[{"value": 1, "name": "a"}, {"value": 1, "name": "b"}]), "distinct"),
+        (_params(model_version=""), "model_version"),
+        (_params(threshold="high"), "'threshold' must be a number"),
+    ],
+)
+def test_save_params_are_checked(params, message):
+    from lib.errors import BadRequestError
+    from lib.ohif_segments import parse_save_params
+
+    with pytest.raises(BadRequestError, match=message):
+        parse_save_params(params)
+
+
+def test_label_bytes_are_checked():
+    from lib.errors import BadRequestError
+    from lib.ohif_segments import decode_label, parse_save_params
+
+    segments = parse_save_params(_params()).segments
+    with pytest.raises(BadRequestError, match="4 x 3 pixels"):
+        decode_label(bytes(11), (3, 4), segments)
+    with pytest.raises(BadRequestError, match=r"values \[7\] have no segment"):
+        decode_label(bytes([0, 7] + [0] * 10), (3, 4), segments)
+    with pytest.raises(BadRequestError, match="empty"):
+        decode_label(bytes(12), (3, 4), segments)
+    label = decode_label(bytes([0, 1, 2] + [0] * 9), (3, 4), segments)
+    assert label.shape == (3, 4) and label[0, 1] == 1 and label[0, 2] == 2
+
+
+def test_series_description_names_the_model_version():
+    from lib.ohif_segments import series_description
+
+    assert series_description("final", "v1") == "AFLoc v1"
+    assert series_description("draft", "v1") == "AFLoc draft v1"
+    assert len(series_description("draft", "x" * 100)) == 64
+
+
+def test_unsafe_model_version_characters_are_replaced():
+    from lib.ohif_segments import parse_save_params
+
+    assert parse_save_params(_params(model_version="run 7\\n<x>")).model_version == "run_7_n_x_"
+
+
+@pytest.mark.parametrize("kind", ["final", "draft"])
+def test_segmentation_over_the_real_cr_reads_back_with_highdicom(tmp_path, kind):
+    """Segment 2 unticked (absent): the SEG has segments 1..N without gaps, named by the prompts."""
+    import highdicom as hd
+
+    from afloc_models.imaging import read_image
+    from lib.geometry import geometry_for
+    from lib.ohif_segments import parse_save_params, write_segmentation
+    from tests.conftest import rg1_unci_path
+
+    source = rg1_unci_path()
+    image = read_image(source)
+    geometry = geometry_for(source, image.shape, image.spacing)
+    request = parse_save_params(
+        _params(segments=[{"value": 1, "name": "right pleural effusion"}, {"value": 2, "name": "nodule"}, {"value": 3, "name": "cardiomegaly"}])
+    )
+    label = np.zeros(geometry.shape, dtype=np.uint8)
+    label[1200:1700, 1000:1500] = 1
+    label[600:1100, 700:1300] = 3
+    path = write_segmentation(tmp_path / "seg.dcm", label, request, geometry, source, kind)
+    seg = hd.seg.segread(str(path))
+    expected_description = "AFLoc 20261128-demo" if kind == "final" else "AFLoc draft 20261128-demo"
+    assert seg.SeriesDescription == expected_description
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["right pleural effusion", "cardiomegaly"]
+    assert [int(d.SegmentNumber) for d in seg.SegmentSequence] == [1, 2]
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID],
+        combine_segments=True,
+    )[0]
+    assert np.array_equal(pixels, np.where(label == 3, 2, label))
+
+
+def test_accepting_needs_a_dicomweb_datastore(tmp_path):
+    from lib.errors import BadRequestError
+    from lib.ohif_segments import save_segments
+
+    with pytest.raises(BadRequestError, match="DICOMweb datastore"):
+        save_segments(object(), "image1", "final", bytes(4), _params())
+    with pytest.raises(BadRequestError, match="kind must be one of"):
+        save_segments(object(), "image1", "later", bytes(4), _params())
+
+
+# --------------------------------------------------------------------------------------------
+# Local fonts and the panel's files
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def viewer():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from monailabel.endpoints import ohif as stock_ohif
+
+    from lib import ohif_static
+
+    app = FastAPI()
+    app.include_router(stock_ohif.router)
+    ohif_static.install(app)
+    return TestClient(app)
+
+
+def test_viewer_page_and_styles_ask_no_font_service(viewer):
+    from lib.ohif_static import ohif_dir
+
+    root = ohif_dir()
+    assert b"fonts.googleapis.com" in (root / "index.html").read_bytes()  # what is being fixed
+    for path in ("/ohif/", "/ohif/index.html", "/ohif/afloc"):
+        page = viewer.get(path).text
+        assert "googleapis" not in page and "gstatic" not in page
+        assert page.count('href="/ohif/_afloc/fonts.css"') == 1
+    css_files = [p.name for p in root.glob("*.css")]
+    assert "app.bundle.css" in css_files
+    for name in css_files:
+        assert "fonts.googleapis.com" not in viewer.get(f"/ohif/{name}").text
+
+
+def test_fonts_css_declares_the_local_inter_files(tmp_path):
+    from lib.ohif_static import font_files, fonts_css
+
+    for name in ("Inter-Regular.otf", "Inter-Bold.otf", "Inter-Italic.otf"):
+        (tmp_path / name).write_bytes(b"font")
+    files = font_files(tmp_path)
+    assert {w: p.name for w, p in files.items()} == {400: "Inter-Regular.otf", 700: "Inter-Bold.otf"}
+    css = fonts_css(files).decode()
+    assert "url('/ohif/_afloc/fonts/Inter-Regular.otf') format('opentype')" in css and "font-weight: 700" in css
+    assert "@font-face" not in fonts_css({}).decode()
+
+
+def test_panel_files_are_served_and_nothing_else(viewer):
+    from lib.ohif_static import font_files
+
+    css = viewer.get("/ohif/_afloc/afloc_panel.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css") and ".afloc-overlay" in css.text
+    fonts = viewer.get("/ohif/_afloc/fonts.css")
+    assert fonts.status_code == 200 and fonts.headers["content-type"].startswith("text/css")
+    files = font_files()
+    if files:  # fonts-inter installed (scripts/install_system_deps.sh)
+        name = files[400].name
+        reply = viewer.get(f"/ohif/_afloc/fonts/{name}")
+        assert reply.status_code == 200 and reply.content == files[400].read_bytes()
+    for bad in ("afloc_panel.js", "fonts/passwd", "fonts/Inter-Regular.otf.x", "nothing.css"):
+        assert viewer.get(f"/ohif/_afloc/{bad}").status_code == 404, bad
+    # Paths the HTTP client would normalise away, checked on the resolver itself.
+    from lib.ohif_static import _asset_file
+
+    for bad in ("../ohif_static.py", "fonts/../afloc_panel.css", "/etc/passwd", "a\\b.css"):
+        assert _asset_file(bad) is None, bad
+
+
+def test_app_config_carries_mode_and_panel(viewer):
+    text = viewer.get("/ohif/app-config.js").text
+    assert text.index("afloc-label-xray") < text.index("window.__aflocPanel")
+    assert "'afloc-label.panelModule.afloc'" in text
