@@ -1,0 +1,332 @@
+"""The AFLoc panel in OHIF, end to end in a real headless Chromium: Orthanc -> server -> panel.
+
+``tests/browser/run_in_netns.sh ... panel`` runs, inside a private network namespace
+(``unshare -n``, loopback only), Orthanc with the demo CR and DX studies, the server (small
+untrained checkpoint) and ``tests/browser/ohif_panel_e2e.js``, which works the panel as a user
+does: study list -> open the CR study in the AFLoc mode -> type a prompt into the focused box ->
+Enter; opacity and threshold sliders; Accept; Keep draft; two prompts; a finding from the
+report; a bad prompt and an unreachable server. This module then checks, on the saved
+screenshots and the server's own data:
+
+- the user actions: two after the study is open (type, Enter), the box has the focus;
+- nothing was fetched from outside the machine and the viewer's font is the local Inter;
+- the heatmap on screen (opacity 100 %) decodes, through the panel's colour map, to the server's
+  heatmap (correlation), placed on the drawn radiograph;
+- the outline on screen (opacity 0) is the boundary of the server's mask, before and after the
+  threshold slider moved, with no request to the server for the move; the browser's own label
+  equals the server's label at both thresholds (and for two prompts);
+- Accept stored a DICOM-SEG in Orthanc that highdicom reads back as the server's mask at the
+  slider's threshold, its segment named by the prompt and the model version in the series
+  description; Keep draft stored another one and the ``afloc_draft`` label; both are listed;
+- a report's findings (not its negations) are one-click prompts; errors are shown in the panel.
+
+Screenshots go to ``test-artifacts/ohif-panel/``; ``docs/images/ohif-panel-*.png`` are written
+when missing or when ``AFLOC_UPDATE_DOCS_IMAGES=1``. Needs root and the system packages of
+``scripts/install_system_deps.sh``; without them the test is skipped, except under CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_ohif_e2e import _image_rect, _missing_requirements
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUNNER = REPO_ROOT / "tests" / "browser" / "run_in_netns.sh"
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "ohif-panel"
+DOCS_IMAGES = REPO_ROOT / "docs" / "images"
+PROMPT = "right pleural effusion"
+SECOND_PROMPT = "cardiomegaly"
+REPORT = "FINDINGS: Moderate right pleural effusion. No pneumothorax. Mild cardiomegaly."
+THRESHOLD_MOVED = 0.55
+RUN_TIMEOUT_S = 420
+SEGMENT_COLORS = [(242, 77, 64), (51, 166, 242)]
+OUTLINE_PX = 2
+#: Screenshots copied to docs/images/ as ohif-panel-<name>.
+DOC_SHOTS = ("open", "heatmap", "threshold", "accepted", "two-prompts", "report", "error", "study-list")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(afloc_checkpoint, tmp_path_factory) -> dict:
+    missing = _missing_requirements()
+    if missing:
+        message = f"the AFLoc panel test needs {', '.join(missing)}: run scripts/install_system_deps.sh as root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path_factory.mktemp("ohif-panel")
+    env = {**os.environ, "AFLOC_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", "AFLOC_E2E_REPORT": REPORT}
+    process = subprocess.Popen(
+        ["unshare", "-n", "bash", str(RUNNER), str(out), str(afloc_checkpoint), PROMPT, "CR", "panel"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    _keep_artifacts(out)
+    result_file = out / "panel-result.json"
+    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    log = out / "server.log"
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.is_file() else ""
+    assert process.returncode == 0 and result.get("ok"), (
+        f"panel run failed (exit {process.returncode}): {result.get('error')}\n{stdout[-3000:]}\n{stderr[-3000:]}\n{tail}"
+    )
+    return {"result": result, "out": out}
+
+
+def _keep_artifacts(out: Path) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for path in out.iterdir():
+        if path.is_file() and path.suffix in (".png", ".json", ".log"):
+            shutil.copyfile(path, ARTIFACTS / path.name)
+    update = os.environ.get("AFLOC_UPDATE_DOCS_IMAGES") == "1"
+    for name in DOC_SHOTS:
+        source, target = out / f"panel-{name}.png", DOCS_IMAGES / f"ohif-panel-{name}.png"
+        if source.is_file() and (update or not target.exists()):
+            _save_doc_image(source, target)
+
+
+def _save_doc_image(source: Path, target: Path) -> None:
+    """A 256-colour copy for the docs (a quarter of the size; the test reads the originals)."""
+    from PIL import Image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    Image.open(source).convert("RGB").quantize(256).save(temporary, format="PNG", optimize=True)
+    os.replace(temporary, target)
+
+
+# --------------------------------------------------------------------------------------------
+# Screen geometry and the server's data
+# --------------------------------------------------------------------------------------------
+
+
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def _heatmap(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    return data.reshape(data.shape[0], data.shape[1]).T  # [W, H] -> [H, W]
+
+
+def _label(path: Path) -> np.ndarray:
+    import nrrd
+
+    data, _ = nrrd.read(str(path))
+    return data[:, :, 0].T  # [W, H, 1] -> [H, W]
+
+
+def _screen_grid(run: dict, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image row and column of every screen pixel, and where the image is (nearest pixel).
+
+    The image rectangle is the one the panel reported drawing into, after checking it against
+    the radiograph found in the screenshot taken before any overlay (within 2 px).
+    """
+    before = _png(run["out"] / "viewport-before.png")
+    top, bottom, left, right = _image_rect(before)
+    corners = np.asarray(run["result"]["panelAtT0"]["lastDraw"]["imageCorners"], dtype=float)
+    x0, y0 = corners[0]
+    x1, y1 = corners[3]
+    assert abs(x0 - left) <= 2 and abs(x1 - right) <= 2 and abs(y0 - top) <= 2 and abs(y1 - bottom) <= 2, (
+        f"the panel draws into {corners[0]}-{corners[3]} but the radiograph is at "
+        f"({left}, {top})-({right}, {bottom}) on screen"
+    )
+    height, width = shape
+    v, u = np.mgrid[0 : before.shape[0], 0 : before.shape[1]]
+    cols = np.floor((u + 0.5 - x0) * width / (x1 - x0)).astype(int)
+    rows = np.floor((v + 0.5 - y0) * height / (y1 - y0)).astype(int)
+    inside = (cols >= 0) & (rows >= 0) & (cols < width) & (rows < height)
+    return rows.clip(0, height - 1), cols.clip(0, width - 1), inside
+
+
+def _outline(labels: np.ndarray) -> np.ndarray:
+    """Pixels of a label whose neighbour within OUTLINE_PX (4 directions) differs: the panel's rule."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    padded = np.pad(labels, OUTLINE_PX, constant_values=-1)
+    h, w = labels.shape
+    for d in range(1, OUTLINE_PX + 1):
+        for dy, dx in ((0, d), (0, -d), (d, 0), (-d, 0)):
+            shifted = padded[OUTLINE_PX + dy : OUTLINE_PX + dy + h, OUTLINE_PX + dx : OUTLINE_PX + dx + w]
+            edge |= shifted != labels
+    return edge & (labels > 0)
+
+
+def _near(mask: np.ndarray, px: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=px)
+
+
+def _drawn_in(shot: np.ndarray, color: tuple[int, int, int], tolerance: int = 24) -> np.ndarray:
+    return np.abs(shot - np.asarray(color)).max(axis=-1) <= tolerance
+
+
+def _assert_outline_matches(run: dict, shot_name: str, label: np.ndarray) -> float:
+    rows, cols, inside = _screen_grid(run, label.shape)
+    screen_label = np.where(inside, label[rows, cols], 0).astype(np.int16)
+    expected = _outline(screen_label)
+    drawn = _drawn_in(_png(run["out"] / shot_name), SEGMENT_COLORS[0])
+    assert expected.sum() > 100 and drawn.sum() > 100, (expected.sum(), drawn.sum())
+    precision = (drawn & _near(expected, 1)).sum() / drawn.sum()
+    recall = (expected & _near(drawn, 1)).sum() / expected.sum()
+    assert precision > 0.97 and recall > 0.97, f"{shot_name}: outline precision {precision:.3f}, recall {recall:.3f}"
+    return recall
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------------------------
+
+
+def test_prompt_to_overlay_in_open_type_enter(run):
+    result = run["result"]
+    assert result["focusAtOpen"] == "afloc-prompt", "the prompt box does not have the focus when the study opens"
+    kinds = [a["kind"] for a in result["actions"]]
+    assert kinds == ["click", "click", "type", "key"], result["actions"]
+    # Open (here two clicks in the study list, or one link), type, Enter: the overlay is drawn.
+    assert result["actionsToOverlay"] == {"fromStudyList": 4, "afterOpen": 3}
+    assert result["afterRun"]["drawCount"] > 0 and result["afterRun"]["result"]["prompts"] == [PROMPT]
+
+
+def test_nothing_is_fetched_from_outside_and_the_font_is_local(run):
+    result = run["result"]
+    assert result["external"] == [], f"requests beyond the server: {result['external']}"
+    assert result["fonts"]["interLoaded"] and any(f.startswith("Inter") for f in result["fonts"]["faces"])
+    assert not result["pageErrors"], result["pageErrors"]
+    # The bad prompt is the only refused request.
+    assert [e["status"] for e in result["apiErrors"]] == [400], result["apiErrors"]
+
+
+def test_heatmap_on_screen_is_the_servers_heatmap(run):
+    """Opacity 100 %: each screen pixel's colour, looked up in the panel's colour map, is the heat."""
+    heat = _heatmap(run["out"] / "heatmap-1.nii")
+    rows, cols, inside = _screen_grid(run, heat.shape)
+    shot = _png(run["out"] / "viewport-heat-full.png")
+    x = np.arange(256) / 255
+    lut = np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3, 2, 1)], axis=1) * 255
+    # At full opacity a pixel shows its colour-map entry exactly; outlines and name tags do not.
+    lut = np.floor(lut + 0.5).astype(np.int64)  # Math.round of the panel
+    keys = (lut[:, 0] << 16) | (lut[:, 1] << 8) | lut[:, 2]
+    order = np.argsort(keys, kind="stable")
+    pixels = shot[inside].astype(np.int64)
+    wanted = (pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]
+    position = np.searchsorted(keys[order], wanted).clip(0, len(keys) - 1)
+    on_map = keys[order][position] == wanted
+    index = order[position]
+    decoded = index[on_map] / 127.5 - 1
+    expected = heat[rows[inside], cols[inside]][on_map]
+    assert on_map.mean() > 0.9
+    correlation = np.corrcoef(decoded, expected)[0, 1]
+    assert correlation > 0.97, f"screen heat vs server heat: r = {correlation:.3f}"
+    assert np.abs(decoded - expected).mean() < 0.05
+    # A mirrored heatmap must not pass.
+    mirrored = heat[:, ::-1][rows[inside], cols[inside]][on_map]
+    assert np.corrcoef(decoded, mirrored)[0, 1] < correlation - 0.2
+
+
+def test_outline_is_the_servers_mask(run):
+    result = run["result"]
+    label = _label(run["out"] / "label-t0.nrrd")
+    assert result["panelAtT0"]["threshold"] == pytest.approx(0.3)
+    assert result["panelAtT0"]["result"]["label"] == {k: result["serverLabelT0"][k] for k in ("total", "nonZero", "fnv1a")}
+    _assert_outline_matches(run, "viewport-outline-t0.png", label)
+
+
+def test_threshold_slider_redraws_the_servers_mask_without_a_request(run):
+    result = run["result"]
+    assert result["requestsDuringSlider"] == 0
+    assert result["panelAtT1"]["threshold"] == pytest.approx(THRESHOLD_MOVED)
+    server = result["serverLabelT1"]
+    assert result["panelAtT1"]["result"]["label"] == {k: server[k] for k in ("total", "nonZero", "fnv1a")}
+    assert server["nonZero"] < result["serverLabelT0"]["nonZero"]
+    _assert_outline_matches(run, "viewport-outline-t1.png", _label(run["out"] / "label-t1.nrrd"))
+    # And the picture really changed.
+    t0 = _drawn_in(_png(run["out"] / "viewport-outline-t0.png"), SEGMENT_COLORS[0])
+    t1 = _drawn_in(_png(run["out"] / "viewport-outline-t1.png"), SEGMENT_COLORS[0])
+    assert (t0 ^ t1).sum() > 0.3 * t1.sum()
+
+
+def test_two_prompts_have_distinct_colours_and_the_servers_label(run):
+    result = run["result"]
+    assert result["panelTwo"]["result"]["prompts"] == [PROMPT, SECOND_PROMPT]
+    server = result["serverLabelTwo"]
+    assert result["panelTwo"]["result"]["label"] == {k: server[k] for k in ("total", "nonZero", "fnv1a")}
+    shot = _png(run["out"] / "viewport-two.png")
+    label = _label(run["out"] / "label-two.nrrd")
+    for value, color in enumerate(SEGMENT_COLORS, start=1):
+        if (label == value).any():
+            assert _drawn_in(shot, color).sum() > 100, f"segment {value} is not outlined in its colour {color}"
+
+
+def test_accept_stores_the_mask_as_dicom_seg_in_orthanc(run):
+    import highdicom as hd
+
+    result = run["result"]
+    accept = result["accept"]["body"]
+    version = result["panelAtT1"]["result"]["modelVersion"]
+    seg = hd.seg.segread(str(run["out"] / "accepted-seg.dcm"))
+    assert seg.SeriesInstanceUID == accept["series_instance_uid"]
+    assert seg.SeriesDescription == f"AFLoc {version}"
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == [PROMPT]
+    source_uid = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[source_uid], combine_segments=True)[0]
+    expected = _label(run["out"] / "label-t1.nrrd")  # Accept came after the slider moved
+    assert pixels.shape == expected.shape == (1955, 1841)
+    assert np.array_equal(pixels > 0, expected > 0)
+
+
+def test_keep_draft_stores_a_draft_and_both_are_listed(run):
+    import highdicom as hd
+
+    result = run["result"]
+    draft = result["draft"]["body"]
+    version = result["panelAtT1"]["result"]["modelVersion"]
+    seg = hd.seg.segread(str(run["out"] / "draft-seg.dcm"))
+    assert seg.SeriesDescription == f"AFLoc draft {version}" == draft["series_description"]
+    assert draft["draft"]["tag"] == "afloc_draft"
+    assert result["draftFetch"]["status"] == 200 and result["draftFetch"]["bytes"] > 0
+    assert sorted(result["storedInPanel"]) == sorted([f"AFLoc {version}", f"AFLoc draft {version}"])
+    cr_rows = [row for row in result["studyListAfter"] if " CR" in row]
+    assert cr_rows and all("SEG" in row for row in cr_rows), result["studyListAfter"]
+
+
+def test_report_findings_are_one_click_prompts(run):
+    result = run["result"]
+    assert result["reportPut"]["status"] == 200, result["reportPut"]
+    assert result["reportFindings"] == ["moderate right pleural effusion", "mild cardiomegaly"]
+    assert result["reportRun"] == {"status": 200, "prompt": "moderate right pleural effusion"}
+
+
+def test_errors_are_shown_in_the_panel(run):
+    result = run["result"]
+    assert "300" in result["errorBadPrompt"] and result["errorBadPromptVisible"]
+    assert "Cannot reach the AFLoc server" in result["errorServerDown"]
+
+
+def test_screenshots_saved(run):
+    for name in DOC_SHOTS:
+        assert (ARTIFACTS / f"panel-{name}.png").is_file(), name
+        assert (DOCS_IMAGES / f"ohif-panel-{name}.png").is_file(), name
