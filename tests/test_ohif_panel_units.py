@@ -321,3 +321,30 @@ def test_app_config_carries_mode_and_panel(viewer):
     text = viewer.get("/ohif/app-config.js").text
     assert text.index("afloc-label-xray") < text.index("window.__aflocPanel")
     assert "'afloc-label.panelModule.afloc'" in text
+
+
+# --------------------------------------------------------------------------------------------
+# GET /afloc/findings
+# --------------------------------------------------------------------------------------------
+
+
+def test_findings_of_a_report_in_a_real_datastore(tmp_path):
+    """A local datastore (phantoms with reports + the CR without one): findings, negations left out."""
+    from monailabel.config import settings
+
+    from lib.datastore import AFLocDatastore, datastore_extensions
+    from lib.errors import BadRequestError
+    from lib.ohif_findings import findings_reply
+    from tests.conftest import write_datastore
+
+    folder = write_datastore(tmp_path / "store", phantoms=1)
+    store = AFLocDatastore(str(folder), extensions=datastore_extensions(settings.MONAI_LABEL_DATASTORE_FILE_EXT))
+    assert findings_reply(store, "RG1_UNCI") == {"image": "RG1_UNCI", "report": None, "report_source": findings_reply(store, "RG1_UNCI")["report_source"], "findings": []}
+    store.update_image_info("RG1_UNCI", {"report": "FINDINGS: Moderate right pleural effusion. No pneumothorax. Possible left lower lobe consolidation."})
+    reply = findings_reply(store, "RG1_UNCI")
+    assert [(f["prompt"], f["certainty"]) for f in reply["findings"]] == [
+        ("right pleural effusion", "positive"),
+        ("left lower zone opacity", "uncertain"),
+    ]
+    with pytest.raises(BadRequestError):
+        findings_reply(store, "../etc/passwd")

@@ -23,8 +23,8 @@ every datastore image with a report). Report-driven drafts of the whole datastor
   thread barriers (measured on 2 cores under load: 1 thread 0.13 s a prompt, 2 threads 0.2-2 s).
 
 Importing this module inside the server also installs JSON error replies on MONAI Label's
-FastAPI app (``lib.http_errors``), a check that ``params`` is a JSON object (``lib.params_guard``) and, when ``lib/ohif_static.py`` / ``lib/ohif_segments.py`` exist, the OHIF static-file fix and
-the AFLoc panel's save endpoint.
+FastAPI app (``lib.http_errors``), a check that ``params`` is a JSON object (``lib.params_guard``) and, when the ``lib/ohif_*.py`` modules exist, the OHIF static-file fix and
+the AFLoc panel's endpoints.
 """
 
 from __future__ import annotations
@@ -230,8 +230,9 @@ def _install_server_hooks() -> None:
     http_errors.install(fastapi_app)
     params_guard.install(fastapi_app)
     drafting.install(fastapi_app, lambda: _app_instance().draft_job)
-    # The OHIF viewer's static-file fix and the AFLoc panel's save endpoint (POST /afloc/segments).
-    for module in ("ohif_static", "ohif_segments"):
+    # The OHIF viewer's static-file fix and the AFLoc panel's endpoints (POST /afloc/segments,
+    # GET /afloc/findings).
+    for module in ("ohif_static", "ohif_segments", "ohif_findings"):
         if (_APP_DIR / "lib" / f"{module}.py").is_file():
             try:
                 importlib.import_module(f"lib.{module}").install(fastapi_app)

@@ -146,10 +146,6 @@ async function main() {
   try {
     // The report the study list's series gets (the PACS helper may already provide one).
     if (args.report) {
-      // The DICOMweb datastore knows a series' info once it has downloaded it: an infer call does.
-      const warm = new FormData();
-      warm.append('params', JSON.stringify({ prompt: args.prompt, save_heatmap: false }));
-      await fetch(`${args.baseUrl}/infer/afloc?image=${encodeURIComponent(args.series)}&output=json`, { method: 'POST', body: warm });
       const form = new FormData();
       form.append('info', JSON.stringify({ report: args.report }));
       const r = await fetch(`${args.baseUrl}/datastore/image/info?image=${encodeURIComponent(args.series)}`, { method: 'PUT', body: form });

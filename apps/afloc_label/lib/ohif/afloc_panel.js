@@ -10,7 +10,9 @@
  * What the panel does, all on the image in the active viewport:
  * - a prompt box with the focus: Enter runs, `;` or a new line (Shift+Enter) separates prompts;
  *   quick picks of common findings; the findings of the study's report as one-click prompts
- *   (GET /datastore/image/info?image=<series> field `report`);
+ *   (GET /afloc/findings?image=<series>: the report of the image info, read by the server's
+ *   negation-aware reader; a server without that route: the `report` of
+ *   GET /datastore/image/info, read here by reportFindings);
  * - POST /infer/afloc (output=json), then each prompt's float heatmap from the datastore
  *   (float32 NIfTI on the image's grid, values in [-1, 1]);
  * - an overlay canvas over the cornerstone viewport: the chosen prompt's heatmap in colour
@@ -364,28 +366,47 @@
     var series = state.series;
     renderReport(null, 'Looking for a report...');
     try {
-      var reply = await request('/datastore/image/info?image=' + encodeURIComponent(series.seriesUID), {}, 'reading the report');
-      var info = await reply.json();
+      // The server reads the report's findings (negations left out); older servers: the report
+      // from the image info, read here.
+      var reply = await fetch('/afloc/findings?image=' + encodeURIComponent(series.seriesUID));
+      var body;
+      if (reply.status === 404) {
+        reply = await request('/datastore/image/info?image=' + encodeURIComponent(series.seriesUID), {}, 'reading the report');
+        var info = await reply.json();
+        body = { report: info && info.report ? info.report : null, findings: null };
+      } else if (!reply.ok) {
+        throw new Error(await replyError(reply, 'reading the report'));
+      } else {
+        body = await reply.json();
+      }
       if (state.series !== series) return;
-      renderReport(info && info.report ? info.report : null);
+      var findings = body.findings ? body.findings.map(function (f) { return { prompt: f.prompt, uncertain: f.certainty === 'uncertain', sentence: f.sentence }; }) : null;
+      renderReport(body.report || null, null, findings);
     } catch (error) {
       if (state.series === series) renderReport(null, 'No report (' + error.message + ')');
     }
   }
 
-  function renderReport(report, note) {
+  function renderReport(report, note, serverFindings) {
     var e = state.els;
     e.report.textContent = '';
     e.reportText.textContent = '';
-    var findings = reportFindings(report);
+    var found = serverFindings || reportFindings(report).map(function (p) { return { prompt: p, uncertain: false, sentence: '' }; });
+    var findings = found.map(function (f) { return f.prompt; });
     state.reportFindings = findings;
     if (!report) {
       e.report.appendChild(el('span', { className: 'afloc-muted', text: note || 'No report for this image.' }));
       return;
     }
     if (!findings.length) e.report.appendChild(el('span', { className: 'afloc-muted', text: 'The report names no finding to localize.' }));
-    findings.forEach(function (finding) {
-      e.report.appendChild(el('button', { className: 'afloc-chip afloc-report-chip', text: finding, title: 'Localize "' + finding + '"', onclick: function () { addPromptAndRun(finding); } }));
+    found.forEach(function (f) {
+      var title = 'Localize "' + f.prompt + '"' + (f.sentence ? ' (report: ' + f.sentence + ')' : '');
+      e.report.appendChild(el('button', {
+        className: 'afloc-chip afloc-report-chip' + (f.uncertain ? ' afloc-uncertain' : ''),
+        text: f.prompt + (f.uncertain ? ' ?' : ''),
+        title: title + (f.uncertain ? ' - stated as uncertain' : ''),
+        onclick: function () { addPromptAndRun(f.prompt); },
+      }));
     });
     var text = typeof report === 'string' ? report : report.text || JSON.stringify(report);
     e.reportText.appendChild(el('summary', { text: 'Report' }));
