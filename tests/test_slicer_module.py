@@ -263,9 +263,21 @@ def test_module_connect_consent_run_threshold_switch_accept_undo_close(module, s
     for index, name in enumerate(second.segment_names):
         assert np.array_equal(segment_mask(slicer, user_seg, name, image_a), second.heatmaps[index][:, :, 0] >= 0.5)
 
+    # An edit by the user (as Segment Editor would make): re-thresholding asks first; "No" keeps it.
+    edited_id = user_seg.GetSegmentation().GetSegmentIdBySegmentName("pneumothorax")
+    edit = np.zeros((1, 256, 200), np.uint8)
+    edit[0, 10:20, 10:20] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(edit, user_seg, edited_id, image_a)
+    harness.answer_dialog(qt.QMessageBox.No)
+    ui.thresholdSlider.value = 0.55
+    harness.pump(0.4)
+    assert "You edited 'pneumothorax'" in harness.shown_dialogs()[-1]["text"]
+    assert segment_mask(slicer, user_seg, "pneumothorax", image_a).sum() == 100
+
     # Switch the image selector: the draft stays on chest A (masks, heatmap, accept).
     ui.inputVolumeSelector.setCurrentNode(image_b)
     assert "belongs to 'chest A'" in ui.statusLabel.text
+    harness.answer_dialog(qt.QMessageBox.Yes)  # "You edited 'pneumothorax'... Continue?"
     ui.thresholdSlider.value = 0.6
     harness.pump(0.4)
     for index, name in enumerate(second.segment_names):
@@ -409,3 +421,251 @@ def test_self_test_runs(module, standin, afloc_server_url, monkeypatch):
     namespace, _ = module
     monkeypatch.setenv("AFLOC_SERVER_URL", afloc_server_url)
     namespace.AFLocTest().runTest()
+
+
+# --------------------------------------------------------------------------------------------
+# A server with MONAI Label's authentication enabled
+# --------------------------------------------------------------------------------------------
+
+
+class TokenIssuer:
+    """A minimal OpenID Connect issuer with Keycloak's routes, which MONAI Label 0.8.5's auth calls:
+    ``GET <realm>`` (its RSA public key), ``GET <realm>/.well-known/openid-configuration`` (the token
+    endpoint) and the password grant there, answering RS256-signed JWTs with realm roles."""
+
+    def __init__(self, users: dict[str, str]):
+        import base64
+
+        import jwt
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.grants: list[tuple[str, bool]] = []
+        issuer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status, payload):
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/realms/afloc":
+                    self._reply(200, {"realm": "afloc", "public_key": base64.b64encode(public).decode()})
+                elif self.path == "/realms/afloc/.well-known/openid-configuration":
+                    self._reply(200, {"issuer": issuer.realm, "token_endpoint": issuer.realm + "/protocol/openid-connect/token"})
+                else:
+                    self._reply(404, {"error": "not found"})
+
+            def do_POST(self):
+                form = urllib.parse.parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+                user, password = form.get("username", [""])[0], form.get("password", [""])[0]
+                ok = form.get("grant_type") == ["password"] and users.get(user) == password and user != ""
+                issuer.grants.append((user, ok))
+                if not ok:
+                    self._reply(401, {"error": "invalid_grant", "error_description": "Invalid user credentials"})
+                    return
+                claims = {"preferred_username": user, "exp": int(time.time()) + 600, "iss": issuer.realm,
+                          "realm_access": {"roles": ["monailabel-user", "monailabel-annotator"]}}
+                token = jwt.encode(claims, key, algorithm="RS256")
+                self._reply(200, {"access_token": token, "token_type": "Bearer", "expires_in": 600})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.server.server_address[1]}/realms/afloc"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def auth_server(tmp_path, afloc_checkpoint, make_datastore):
+    """The app with ``MONAI_LABEL_AUTH_ENABLE`` (MONAI Label's own settings, config.py), its issuer local.
+
+    Started here rather than with conftest's ``start_afloc_server``, which waits for an open ``/info/``.
+    """
+    import subprocess
+
+    import requests
+    from conftest import APP_DIR, ServerHandle, free_port
+
+    issuer = TokenIssuer({"radiologist": "correct horse"})
+    studies = make_datastore(tmp_path / "datastore", phantoms=1, dicom=False)
+    port = free_port()
+    log = tmp_path / "auth-server.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer.realm}
+    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies",
+               str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "model_dir",
+               str(tmp_path / "model"), "--conf", "checkpoint", str(afloc_checkpoint)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=str(REPO_ROOT), env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    handle = ServerHandle(f"http://127.0.0.1:{port}", studies, tmp_path / "model", afloc_checkpoint, log, process)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert handle.alive() and time.monotonic() < deadline, handle.log_tail()
+            try:
+                if requests.get(f"{handle.url}/auth/", timeout=5).json().get("enabled"):
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.25)
+        yield handle, issuer
+    finally:
+        handle.stop()
+        issuer.close()
+
+
+def test_auth_enabled_server_login_and_token(module, standin, auth_server):
+    handle, issuer = auth_server
+    slicer, qt, _ = standin
+    _, widget = module
+    ui = widget.ui
+    ui.serverUrlEdit.text = handle.url
+
+    ui.connectButton.click()  # no login yet: the panel says what to do
+    wait_idle(widget, 60)
+    assert "requires you to log in" in ui.serverStatusLabel.text and "Log in" in ui.serverStatusLabel.text
+
+    ui.userNameEdit.text, ui.passwordEdit.text = "radiologist", "wrong"
+    ui.loginButton.click()
+    wait_idle(widget, 60)
+    assert "refused the user name or password" in ui.serverStatusLabel.text, ui.serverStatusLabel.text
+    assert ui.tokenEdit.text == "" and ui.passwordEdit.text == ""  # the password is never kept
+
+    ui.passwordEdit.text = "correct horse"
+    ui.loginButton.click()
+    wait_idle(widget, 60)
+    assert ui.serverStatusLabel.text.startswith("Logged in as radiologist"), ui.serverStatusLabel.text
+    assert ui.tokenEdit.text.count(".") == 2  # a JWT, held for this session only
+    assert issuer.grants == [("radiologist", False), ("radiologist", True)]
+    assert qt.QSettings().value("AFLoc/UserName") == "radiologist"
+    assert all("correct horse" not in str(v) and ui.tokenEdit.text not in str(v) for v in qt.QSettings._store.values())
+
+    ui.connectButton.click()  # the token goes with every request
+    wait_idle(widget, 60)
+    status = ui.serverStatusLabel.text
+    if not status.startswith("Connected"):
+        # MONAI Label 0.8.5 calls jwt.decode() without `algorithms`, which PyJWT >= 2.0 refuses, so it
+        # answers 401 to every token it issued: the module must say so, not fail obscurely.
+        assert "your login has expired or was refused" in status, status
+        assert 'pass in a value for the "algorithms" argument' in handle.log.read_text(errors="replace")
+
+
+# --------------------------------------------------------------------------------------------
+# Why a worker process: a thread needs the GIL that the UI thread holds
+# --------------------------------------------------------------------------------------------
+
+
+def test_worker_process_advances_while_the_ui_thread_holds_the_gil(standin, afloc_server_url, tmp_path):
+    """Slicer's PythonQt holds the GIL while Qt's event loop idles (issue item 3). Model that here by
+    keeping this thread in pure Python with a 60 s GIL switch interval: a worker *thread* cannot run,
+    the module's worker *process* finishes regardless."""
+    from AFLocLib.tasks import BackgroundTask, SubprocessTask, WorkerCommand, worker_script
+    from AFLocLib import AFLocClient
+
+    def hold_gil(seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+
+    previous = sys.getswitchinterval()
+    def job(context):
+        time.sleep(0.5)  # mid-job (the GIL released, as in a socket wait) when the UI thread goes busy
+        return AFLocClient(afloc_server_url).check_connection(cancel=context.cancel)
+
+    thread_task = BackgroundTask(job)
+    process_task = SubprocessTask(
+        WorkerCommand(sys.executable, worker_script()), "connect",
+        {"server": {"url": afloc_server_url, "token": None}}, str(tmp_path / "job"),
+    )
+    sys.setswitchinterval(60.0)
+    try:
+        process_task.start()
+        thread_task.start()
+        hold_gil(8.0)
+        thread_done, process_done = thread_task.done, process_task.done
+    finally:
+        sys.setswitchinterval(previous)
+    assert process_done and process_task.outcome().name == "AFLoc Label"
+    assert not thread_done  # starved: it only runs when the UI thread lets go of the GIL
+    assert thread_task.wait(60) and thread_task.outcome().name == "AFLoc Label"
+
+
+# --------------------------------------------------------------------------------------------
+# The picture in the extension metadata: a stand-in rendering, captioned as such
+# --------------------------------------------------------------------------------------------
+
+
+def test_render_stand_in_figure(module, standin, afloc_server_url, tmp_path):
+    """Renders the module's result (heatmap overlay and draft segments, from the real server) with
+    matplotlib. ``AFLOC_SLICER_FIGURE=docs/images/slicer-afloc.png`` regenerates the picture the
+    extension metadata shows (with ``AFLOC_TEST_CHECKPOINT`` pointing at a trained model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    slicer, qt, _ = standin
+    _, widget = module
+    widget.ui.serverUrlEdit.text = afloc_server_url
+    volume = add_volume(slicer, phantom_pixels(71, 256, 256), "phantom radiograph", spacing=1.0)
+    harness.answer_dialog(qt.QMessageBox.Yes, checkbox=False)
+    status = run_prompts(widget, PROMPTS)
+    assert status.startswith("Draft ready"), status
+    localization = widget.draft["localization"]
+    segmentation = widget.ui.segmentationSelector.currentNode()
+    heat = slicer.mrmlScene.GetFirstNodeByName("AFLoc heatmap")
+    display = heat.GetDisplayNode()
+
+    image = slicer.util.arrayFromVolume(volume)[0]
+    heatmap = slicer.util.arrayFromVolume(heat)[0]
+    shown = np.ma.masked_less(heatmap, display.GetLowerThreshold())
+    figure, axes = plt.subplots(1, 2, figsize=(10, 5.6), gridspec_kw={"width_ratios": [1.25, 1]})
+    axes[0].imshow(image, cmap="gray")
+    axes[0].imshow(shown, cmap="jet", alpha=widget.ui.opacitySlider.value, vmin=display.GetWindowLevelMin(),
+                   vmax=display.GetWindowLevelMax())
+    for name in localization.segment_names:
+        segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+        color = segmentation.GetSegmentation().GetSegment(segment_id).GetColor()
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segment_id, volume)[0]
+        if mask.any():
+            axes[0].contour(mask, levels=[0.5], colors=[color], linewidths=1.5)
+        axes[0].plot([], [], color=color, label=name)
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].set_title(f"heatmap: {widget.ui.heatmapPromptCombo.currentText}", fontsize=10)
+    axes[0].axis("off")
+    panel = [
+        "AFLoc module panel (stand-in run)",
+        "",
+        f"Findings: {PROMPTS}",
+        f"Threshold: {widget.ui.thresholdSlider.value:g}",
+        "",
+        *widget.ui.scoresLabel.text.split("<br>"),
+        "",
+        widget.ui.statusLabel.text,
+    ]
+    axes[1].text(0, 1, "\n".join(panel), va="top", family="monospace", fontsize=8, wrap=True)
+    axes[1].axis("off")
+    checkpoint = os.environ.get("AFLOC_TEST_CHECKPOINT")
+    model = f"checkpoint {Path(checkpoint).name}" if checkpoint else "an UNTRAINED test checkpoint (random weights)"
+    figure.text(0.5, 0.02, "Stand-in rendering (tests/slicer_standin, matplotlib), NOT a 3D Slicer screenshot: "
+                "AFLoc.py ran against a real AFLoc Label server;\nsynthetic phantom image; heatmap and segments "
+                f"as the server returned them for {model}.", ha="center", fontsize=8)
+    out = Path(os.environ.get("AFLOC_SLICER_FIGURE") or tmp_path / "slicer-afloc.png")
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    assert out.stat().st_size > 10_000
