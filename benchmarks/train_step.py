@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk", type=int, default=None, help="local-loss chunk size (config default if unset)")
     parser.add_argument("--skip-published", action="store_true")
     parser.add_argument(
+        "--working-size", type=int, default=0,
+        help="resize inputs to this side inside the image encoder (299: the published working resolution)",
+    )
+    parser.add_argument(
         "--local-impls", default=None,
         help="comma-separated local-loss implementations measured side by side as ours_<impl> "
         "(auto, fused, chunked; default: fused,chunked on GPU, chunked on CPU)",
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     config.text.max_tokens = args.tokens
     if args.chunk is not None:
         config.loss.local_chunk_size = args.chunk
+    if args.working_size:
+        config.image.working_size = args.working_size
     with tempfile.TemporaryDirectory() as tmp:
         model = AFLoc(config, text_folder=bert_base_folder(Path(tmp)), text_random_init=True).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
@@ -135,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
             "batch": batch, "image_size": size, "arch": config.image.arch, "text": "bert-base (random init)",
             "tokens": int(tokens.input_ids.shape[1]), "words_max": int(tokens.n_words.max()),
             "embed_dim": config.embed_dim, "local_chunk_size": config.loss.local_chunk_size,
+            "working_size": args.working_size or size,
             "autocast": "bf16" if gpu else "fp32",
         },
     }

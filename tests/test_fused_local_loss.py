@@ -115,3 +115,29 @@ def test_fused_on_cpu_without_interpreter_is_a_clear_error():
         local_score_matrix(image, text, torch.tensor([4, 2]), impl="fused")
     with pytest.raises(ValueError, match="'auto', 'fused' or 'chunked'"):
         local_score_matrix(image, text, torch.tensor([4, 2]), impl="flash")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run by benchmarks/gpu_checks.sh)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_on_cuda_matches_the_chunked_path(dtype):
+    """On a GPU, at a publication-like shape: float32 to 1e-5, bfloat16 within bf16 tolerance."""
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    bi = bt = 16
+    image = (torch.randn(bi, 768, 19, 19, device=device) * 0.05).to(dtype)
+    text = (torch.randn(bt, 768, 40, device=device) * 0.05).to(dtype)
+    lengths = torch.randint(1, 41, (bt,), device=device)
+    weights = torch.randn(bi, bt, device=device)
+    results = {}
+    for impl in ("chunked", "fused"):
+        img = image.clone().requires_grad_()
+        txt = text.clone().requires_grad_()
+        # The reference runs in float32 on the same (rounded) inputs.
+        ref_img, ref_txt = (img.float(), txt.float()) if impl == "chunked" else (img, txt)
+        scores = local_score_matrix(ref_img, ref_txt, lengths, 4.0, 5.0, chunk_size=4, impl=impl)
+        (scores.float() * weights).sum().backward()
+        results[impl] = (scores.float().detach(), img.grad.float(), txt.grad.float())
+    tol = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}[dtype]
+    for ref, got in zip(results["chunked"], results["fused"]):
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(got / scale, ref / scale, **tol)
