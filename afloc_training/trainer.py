@@ -403,8 +403,11 @@ class _Run:
             torch.manual_seed(self.seed + 1_000_003 * ctx.rank)
         self.encoders: nn.Module = _Encoders(model)
         if ctx.is_distributed:
+            # Gradients are all-reduced in 25 MB buckets while backward still runs (DDP's
+            # default); bucket views avoid a second copy of every gradient.
             self.encoders = nn.parallel.DistributedDataParallel(
-                self.encoders, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None
+                self.encoders, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
             )
         if ctx.is_main:
             self._open_writer(log_dir)
