@@ -18,7 +18,8 @@ from afloc_training.phantoms import write_phantom_datastore
 from afloc_training.trainer import STATE_FILE, lr_factor, read_train_state, train
 
 REPO = Path(__file__).resolve().parents[1]
-CXR_NOTES = Path("/work/shared/data/cxr-notes/pairs.csv")
+# The shared folder of real radiographs lies beside the repository on the team's machines only.
+CXR_NOTES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-notes" / "pairs.csv"
 # 12 phantoms -> 10 training pairs (2 validate) -> 2 steps per epoch at batch 4.
 TINY = """\
 base: small

@@ -16,7 +16,8 @@ from afloc_models.config import DataConfig
 from afloc_models.errors import AFLocError
 from afloc_training.data import PairDataset, ReportCollate, Sample, Skipped, load_pairs, split_pairs
 
-CXR_NOTES = Path("/work/shared/data/cxr-notes/pairs.csv")
+# The shared folder of real radiographs lies beside the repository on the team's machines only.
+CXR_NOTES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-notes" / "pairs.csv"
 DATA = DataConfig(resize=72, crop=64, mean=0.5, std=0.25, val_fraction=0.2, num_workers=0)
 
 
