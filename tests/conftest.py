@@ -136,7 +136,8 @@ def start_server(
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and handle.alive():
             try:
-                if requests.get(f"{handle.url}/info/", timeout=5).status_code == 200:
+                # 401: up, with authentication on (MONAI_LABEL_AUTH_ENABLE in ``env``)
+                if requests.get(f"{handle.url}/info/", timeout=5).status_code in (200, 401):
                     return handle
             except requests.RequestException:
                 pass

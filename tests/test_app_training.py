@@ -78,17 +78,10 @@ def test_stopped_run_leaves_the_served_model_and_finished_run_is_served(training
     assert reply.params["checkpoint"] == (model_dir / "current").resolve().name
 
 
-def test_training_refuses_unusable_options_as_an_error_status(training_server):
+def test_training_refuses_unusable_options_before_starting(training_server):
     url = training_server.url
     wait_for(lambda: train_status(url).get("status") != "RUNNING", TRAIN_TIMEOUT_S, "no run in progress")
+    before = train_status(url).get("id")
     reply = requests.post(f"{url}/train/afloc_train", json={"init": "sideways"}, timeout=30)
-    assert reply.status_code == 200
-
-    def bad_run_ended():
-        status = train_status(url)
-        ours = status.get("request", {}).get("init") == "sideways"
-        return status if ours and status.get("status") in ("DONE", "ERROR", "STOPPED") else None
-
-    final = wait_for(bad_run_ended, TRAIN_TIMEOUT_S, "the bad run to end", interval_s=1.0)
-    assert final["status"] == "ERROR"
-    assert any("init" in line for line in final.get("details", [])), final.get("details")
+    assert reply.status_code == 400 and "init" in reply.json()["detail"], reply.text[:300]
+    assert train_status(url).get("id") == before  # no training process was started

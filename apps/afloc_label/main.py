@@ -21,10 +21,16 @@ every datastore image with a report). Report-driven drafts of the whole datastor
 - ``threads``: PyTorch CPU threads of the server process (default: a quarter of the cores, 1-4).
   Requests are small; with as many threads as cores, every other busy process stalls PyTorch's
   thread barriers (measured on 2 cores under load: 1 thread 0.13 s a prompt, 2 threads 0.2-2 s).
+- ``enable_routes`` / ``disable_routes``: route groups switched on or off (``lib/route_policy.py``).
+- ``cors_origins``: web origins allowed to call the server from a browser (default: none but its own).
+- ``allow_remote``: ``true`` to listen on an address other than loopback (refused otherwise).
+- ``auth_algorithms``: token signature algorithms with ``MONAI_LABEL_AUTH_ENABLE`` (default ``RS256``).
 
 Importing this module inside the server also installs JSON error replies on MONAI Label's
-FastAPI app (``lib.http_errors``), a check that ``params`` is a JSON object (``lib.params_guard``) and, when the ``lib/ohif_*.py`` modules exist, the OHIF static-file fix and
-the AFLoc panel's endpoints.
+FastAPI app (``lib.http_errors``), a check that ``params`` is a JSON object (``lib.params_guard``),
+the route checks (``lib.route_guard``, ``lib.session_guard``), CORS, authentication, bind and log
+settings (``lib.security``; see ``docs/security.md``) and, when the ``lib/ohif_*.py`` modules exist,
+the OHIF static-file fix and the AFLoc panel's endpoints.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
-from lib import drafting, http_errors, params_guard  # noqa: E402
+from lib import drafting, http_errors, params_guard, route_guard, security, session_guard  # noqa: E402
 from lib.checkpoints import ModelStore  # noqa: E402
 from lib.datastore import AFLocDatastore, datastore_extensions  # noqa: E402
 from lib.dicomweb_datastore import adopt  # noqa: E402
@@ -78,6 +84,7 @@ from lib.errors import NotFoundError  # noqa: E402
 from lib.ids import check_image_id  # noqa: E402
 from lib.infers import AFLocClassifyTask, AFLocLocalizeTask  # noqa: E402
 from lib.params import parse_bool  # noqa: E402
+from lib.route_policy import RoutePolicy  # noqa: E402
 from lib.served_model import ServedModel  # noqa: E402
 from lib.strategies import AFLocReview  # noqa: E402
 from lib.trainers import AFLocTrainTask  # noqa: E402
@@ -101,6 +108,7 @@ class AFLocLabelApp(MONAILabelApp):
         self._preload = parse_bool(conf.get("preload"), "preload", True)
         self._threads = _thread_count(conf.get("threads"))
         self.draft_job = drafting.DraftJob(self.served, lambda: self.datastore(), self.model_dir / "draft_stats.json")
+        self.route_policy = RoutePolicy.from_conf(conf)  # read by lib.route_guard on every request
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -173,16 +181,22 @@ class AFLocLabelApp(MONAILabelApp):
 
     # ----------------------------------------------------------------- helpers
     def _is_server_upload(self, path: str) -> bool:
-        """Whether ``path`` is a file MONAI Label itself saved from this request (upload or session)."""
-        if not os.path.isabs(path) or not os.path.exists(path):
+        """Whether ``path`` is a file MONAI Label itself saved for this request (upload or session).
+
+        ``params`` may override the image with any string, so a server path counts only when the
+        request's own query names the session holding it, or when it is a temporary upload file
+        written during this request (see ``lib.route_guard.current_request``).
+        """
+        facts = route_guard.current_request()
+        if facts is None or not os.path.isabs(path) or not os.path.exists(path):
             return False
         real = Path(path).resolve()
+        if facts.session_id:
+            sessions = self.sessions()
+            session = sessions.get_session(facts.session_id, update_ts=False) if sessions is not None else None
+            return session is not None and Path(session.image).resolve() == real
         tmp = Path(tempfile.gettempdir()).resolve()
-        if real.parent == tmp and real.name.startswith("tmp"):
-            return True
-        sessions = self.sessions()
-        store = getattr(sessions, "store_path", None)
-        return bool(store) and Path(store).resolve() in real.parents
+        return real.parent == tmp and real.name.startswith("tmp") and real.stat().st_mtime >= facts.started - 1.0
 
     def _load_quietly(self) -> None:
         try:
@@ -238,6 +252,9 @@ def _install_server_hooks() -> None:
                 importlib.import_module(f"lib.{module}").install(fastapi_app)
             except Exception:
                 logger.exception("lib/%s.py failed to install; the OHIF viewer may not work fully", module)
+    route_guard.install(fastapi_app)  # outermost: refuses disabled routes before anything reads a body
+    session_guard.install(fastapi_app)
+    security.install(fastapi_app, dict(settings.MONAI_LABEL_APP_CONF or {}))
 
 
 _install_server_hooks()

@@ -2,7 +2,8 @@
 
 MONAI Label 0.8.5 answers several client mistakes with a bare ``500 Internal Server Error``: an
 unknown model (``MONAILabelException``), ``params`` that are not JSON (``JSONDecodeError``), an
-infer call without an image, and every exception an infer task raises. :func:`install` registers
+infer call without an image, every exception an infer task raises, deeply nested JSON
+(``RecursionError``), over-long upload file names (``ENAMETOOLONG``) and a refused login. :func:`install` registers
 exception handlers on the server's FastAPI app so that these become 4xx replies with a JSON body
 ``{"detail": <message>, "error": <kind>}``; genuine server faults stay 500, but with a JSON body
 too.
@@ -14,6 +15,7 @@ therefore rebuilt after the handlers are added; routes are looked up per request
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from typing import Any
@@ -75,8 +77,45 @@ async def _monailabel_error(request: Any, exc: Exception) -> Any:
     return _reply(status, message, kind)
 
 
+#: Appended to every "not valid JSON" reply: the usual cause on the command line.
+CURL_HINT = (
+    "If you used curl -F, note that curl cuts a -F value at ';' (it reads what follows as a field "
+    "option): send JSON with --form-string 'params={...}' or -F 'params=<file.json' instead."
+)
+
+
 async def _json_error(request: Any, exc: json.JSONDecodeError) -> Any:
-    return _reply(400, f"a JSON field of the request (e.g. 'params') is not valid JSON: {exc}", "JSONDecodeError")
+    return _reply(
+        400, f"a JSON field of the request (e.g. 'params') is not valid JSON: {exc}. {CURL_HINT}", "JSONDecodeError"
+    )
+
+
+def _client_fault(exc: BaseException) -> tuple[int, str, str] | None:
+    """Exceptions that only a client's input raises: (status, message, kind)."""
+    if isinstance(exc, RecursionError):
+        return 400, "a JSON value of the request is nested too deeply", "BadRequest"
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return 400, "an uploaded file's name is too long for this server's file system: rename the file", "BadRequest"
+    return None
+
+
+async def _client_fault_error(request: Any, exc: Exception) -> Any:
+    fault = _client_fault(exc)
+    if fault is None:  # handled here, so ServerErrorMiddleware will not log it: do it now
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return await _unexpected_error(request, exc)
+    logger.info("%s %s -> %d: %s", request.method, request.url.path, fault[0], fault[1])
+    return _reply(*fault)
+
+
+async def _upstream_http_error(request: Any, exc: Exception) -> Any:
+    if request.url.path.rstrip("/").endswith("/auth/token"):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status in (400, 401, 403):
+            return _reply(401, "the identity provider refused the user name or password", "Unauthorized")
+        return _reply(502, f"the identity provider did not answer the login ({exc})", "BadGateway")
+    logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return await _unexpected_error(request, exc)
 
 
 async def _http_error(request: Any, exc: Any) -> Any:
@@ -91,11 +130,15 @@ async def _http_error(request: Any, exc: Any) -> Any:
 
 async def _unexpected_error(request: Any, exc: Exception) -> Any:
     # Runs inside ServerErrorMiddleware, which logs the traceback after this reply is sent.
+    fault = _client_fault(exc)  # raised in a middleware, outside the per-class handlers
+    if fault is not None:
+        return _reply(*fault)
     return _reply(500, f"internal server error ({type(exc).__name__}: {exc}); see the server log", "InternalError")
 
 
 def install(app: Any) -> None:
     """Register the JSON error handlers on a FastAPI app (idempotent)."""
+    import requests
     from monailabel.interfaces.exception import MONAILabelException
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -105,6 +148,9 @@ def install(app: Any) -> None:
     app.add_exception_handler(MONAILabelException, _monailabel_error)
     app.add_exception_handler(json.JSONDecodeError, _json_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RecursionError, _client_fault_error)
+    app.add_exception_handler(OSError, _client_fault_error)
+    app.add_exception_handler(requests.HTTPError, _upstream_http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     if getattr(app, "middleware_stack", None) is not None:
         app.middleware_stack = app.build_middleware_stack()

@@ -9,7 +9,7 @@ model untouched.
 
 Request fields (JSON body of ``POST /train/afloc_train``; defaults in :data:`DEFAULT_CONFIG`):
 ``init`` (``current``: fine-tune the served checkpoint; ``scratch``: new model), ``config``
-(preset or YAML for a scratch run; empty = ``small``, or the checkpoint's own when fine-tuning),
+(preset ``small`` or ``publication`` for a scratch run; empty = ``small``, or the checkpoint's own when fine-tuning),
 ``max_steps``, ``max_minutes``, ``epochs`` (empty = the config's), ``seed``.
 
 Data: a local datastore trains on its folder (reports from image info or ``<id>.txt``). A
@@ -39,7 +39,7 @@ from lib.params import first_choice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CONFIG", "AFLocTrainTask"]
+__all__ = ["DEFAULT_CONFIG", "AFLocTrainTask", "check_options"]
 
 DEFAULT_CONFIG: Dict[str, Any] = {
     "init": ["current", "scratch"],
@@ -49,6 +49,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
     "epochs": "",
     "seed": 0,
 }
+# Config presets a training request may name (a YAML path on the server may not be chosen over HTTP).
+_HTTP_PRESETS = ("small", "publication")
 # Stop reasons of afloc_training.trainer.train after which the checkpoint is published.
 _PUBLISHABLE = ("completed", "max_minutes")
 # Seconds between progress updates of train_stats.json while a run is going.
@@ -69,6 +71,10 @@ class AFLocTrainTask(TrainTask):
 
     def config(self) -> Dict[str, Any]:
         return dict(DEFAULT_CONFIG)
+
+    def check_request(self, body: Any) -> Dict[str, Any]:
+        """Validate a client's request body (``lib.route_guard`` calls it before a process starts)."""
+        return check_options(body)
 
     def stats(self) -> Dict[str, Any]:
         try:
@@ -155,6 +161,24 @@ def _training_data(datastore: Datastore) -> Tuple[Optional[Any], int]:
         )
     pairs = pairs_of()
     return pairs, len(pairs)
+def check_options(body: Any) -> Dict[str, Any]:
+    """Validate a client's ``POST /train/afloc_train`` body before a training process starts.
+
+    Only the options of :data:`DEFAULT_CONFIG` are accepted: anything else (MONAI Label's
+    ``bundle_path``, which it appends to the training process's ``PYTHONPATH``, ``gpus``, ...) is
+    refused with :class:`BadRequestError`, as are invalid values. Returns the parsed options.
+    """
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise BadRequestError(f"the training options must be a JSON object, got {type(body).__name__}")
+    unknown = sorted(str(key) for key in body if key not in DEFAULT_CONFIG)
+    if unknown:
+        raise BadRequestError(
+            f"unknown training option(s) {', '.join(map(repr, unknown))}; afloc_train accepts "
+            f"{', '.join(DEFAULT_CONFIG)}"
+        )
+    return _parse_options(body)
 
 
 def _parse_options(request: Dict[str, Any]) -> Dict[str, Any]:
@@ -164,7 +188,13 @@ def _parse_options(request: Dict[str, Any]) -> Dict[str, Any]:
         raise BadRequestError(f"'init' must be 'current' or 'scratch', got {values['init']!r}")
     config = values["config"]
     if config is not None and not isinstance(config, str):
-        raise BadRequestError(f"'config' must be a preset name or a YAML path, got {config!r}")
+        raise BadRequestError(f"'config' must be a preset name, got {config!r}")
+    if isinstance(config, str) and config.strip() and config.strip() not in _HTTP_PRESETS:
+        # A YAML file may name a text model folder to load: a client must not pick server files.
+        raise BadRequestError(
+            f"'config' must be one of {', '.join(_HTTP_PRESETS)} (or empty), got {config!r}; "
+            "train from a YAML file with the afloc-train command line instead"
+        )
     return {
         "init": init,
         "config": config.strip() if isinstance(config, str) and config.strip() else None,

@@ -1,0 +1,205 @@
+"""MONAI Label's authentication, end to end, with a local token issuer (no network beyond loopback).
+
+The issuer below plays the part of a Keycloak realm as MONAI Label 0.8.5 uses it: ``GET <realm>``
+returns the realm's RSA ``public_key``, ``<realm>/.well-known/openid-configuration`` names the
+token endpoint, which grants tokens for a user name and password. The server runs with
+``MONAI_LABEL_AUTH_ENABLE=true`` and every optional route group on, so that authentication (not
+the route policy) is what refuses a request. Without ``lib/security.py``, MONAI Label refused
+every token (PyJWT 2 needs the algorithms named) and ``POST /reload`` needed none.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+
+from conftest import free_port
+
+ADMIN, ANNOTATOR, USER = "monailabel-admin", "monailabel-annotator", "monailabel-user"
+USERS = {"alice": ("alice-pw", [ADMIN, ANNOTATOR, USER]), "uma": ("uma-pw", [USER])}
+SESSION = "0c0ffee0-0000-1000-8000-000000000000"
+# Routes hidden from /openapi.json (deprecated or include_in_schema=False) that still change things.
+HIDDEN_MUTATING = [
+    ("POST", "/reload"), ("PUT", "/datastore/"), ("DELETE", "/datastore/"), ("POST", "/train/"),
+    ("POST", "/scoring/"), ("PUT", "/datastore/updatelabelinfo"), ("POST", "/proxy/dicom/studies"),
+]
+
+
+class TokenIssuer:
+    """An RSA-signing token issuer served over HTTP on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        der = self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.public_pem = self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.public_b64 = base64.b64encode(der).decode()
+        self.port = free_port()
+        self.realm = f"http://127.0.0.1:{self.port}/realms/afloc"
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep pytest output clean
+                pass
+
+            def _json(self, status: int, body: dict) -> None:
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_GET(self) -> None:
+                if self.path == "/realms/afloc":
+                    self._json(200, {"realm": "afloc", "public_key": issuer.public_b64})
+                elif self.path == "/realms/afloc/.well-known/openid-configuration":
+                    self._json(200, {"token_endpoint": issuer.realm + "/protocol/openid-connect/token"})
+                else:
+                    self._json(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+                user = form.get("username", [""])[0]
+                if form.get("grant_type") == ["password"] and USERS.get(user, ("",))[0] == form.get("password", [None])[0]:
+                    self._json(200, {"access_token": issuer.token(user), "token_type": "bearer"})
+                else:
+                    self._json(401, {"error": "invalid_grant"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def token(self, user: str, roles: list | None = None, lifetime: float = 600, key=None, algorithm: str = "RS256") -> str:
+        import jwt
+
+        claims = {
+            "preferred_username": user, "email": f"{user}@example.org", "name": user.title(),
+            "realm_access": {"roles": USERS[user][1] if roles is None else roles},
+            "exp": int(time.time() + lifetime), "iat": int(time.time()),
+        }
+        return jwt.encode(claims, key if key is not None else self.key, algorithm=algorithm)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    running = TokenIssuer()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def auth_server(start_afloc_server, issuer):
+    return start_afloc_server(
+        conf={"enable_routes": "all"},
+        env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer.realm},
+    )
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def mutating_routes(url: str) -> list[tuple[str, str]]:
+    schema = requests.get(f"{url}/openapi.json", timeout=30).json()
+    values = {"model": "afloc", "strategy": "random", "method": "dice", "session_id": SESSION, "path": "studies"}
+    routes = list(HIDDEN_MUTATING)
+    for path, operations in schema["paths"].items():
+        for method in operations:
+            if method.upper() in ("POST", "PUT", "DELETE", "PATCH") and not path.startswith("/auth"):
+                routes.append((method.upper(), path.format(**values)))
+    return sorted(set(routes))
+
+
+def test_every_mutating_route_is_refused_without_a_token(auth_server):
+    routes = mutating_routes(auth_server.url)
+    assert ("POST", "/infer/afloc") in routes and ("PUT", "/datastore/label") in routes and len(routes) > 20
+    for method, path in routes:
+        reply = requests.request(method, auth_server.url + path, timeout=30)
+        expected = 405 if path.startswith("/model/") else 401  # weights never change over HTTP
+        assert reply.status_code == expected, f"{method} {path}: {reply.status_code} {reply.text[:200]}"
+    for path in ("/info/", "/datastore/", "/train/"):
+        assert requests.get(auth_server.url + path, timeout=30).status_code == 401
+
+
+def test_a_valid_token_opens_the_routes_its_roles_allow(auth_server, issuer):
+    admin, user = bearer(issuer.token("alice")), bearer(issuer.token("uma"))
+    assert requests.get(f"{auth_server.url}/info/", headers=user, timeout=30).status_code == 200
+    reply = requests.post(f"{auth_server.url}/infer/afloc", params={"image": "phantom_00000", "output": "json"},
+                          files={"params": (None, json.dumps({"prompt": "nodule"}))}, headers=user, timeout=120)
+    assert reply.status_code == 200, reply.text[:300]
+    valid = requests.get(f"{auth_server.url}/auth/token/valid", headers=user, timeout=30)
+    assert valid.status_code == 200 and valid.json()["username"] == "uma"
+    # Role checks: a plain user may not save labels, train or reload.
+    refused = [
+        requests.put(f"{auth_server.url}/datastore/label", params={"image": "phantom_00000", "tag": "afloc_draft"},
+                     files={"label": ("l.nrrd", b"NRRD0004\n")}, headers=user, timeout=30),
+        requests.post(f"{auth_server.url}/train/afloc_train", json={"max_steps": 1}, headers=user, timeout=30),
+        requests.post(f"{auth_server.url}/reload", headers=user, timeout=30),
+    ]
+    assert [r.status_code for r in refused] == [403, 403, 403], [r.text[:200] for r in refused]
+    # The app's own replacement routes check tokens too.
+    png_session = requests.put(f"{auth_server.url}/session/", files={"files": ("p.png", b"x")}, headers=user, timeout=30)
+    assert png_session.status_code == 200, png_session.text[:300]
+    # Route checks still apply to an admin.
+    reply = requests.post(f"{auth_server.url}/train/afloc_train", json={"bundle_path": "/tmp"}, headers=admin, timeout=30)
+    assert reply.status_code == 400 and "bundle_path" in reply.json()["detail"]
+
+
+@pytest.mark.parametrize("case", ["other key", "expired", "alg none", "hs256 with the public key", "garbage", "no user"])
+def test_forged_or_stale_tokens_are_401(auth_server, issuer, case):
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    claims = {"preferred_username": "alice", "realm_access": {"roles": [ADMIN]}, "exp": int(time.time() + 600)}
+    token = {
+        "other key": lambda: issuer.token("alice", key=rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "expired": lambda: issuer.token("alice", lifetime=-60),
+        "alg none": lambda: jwt.encode(claims, None, algorithm="none"),
+        "hs256 with the public key": lambda: _hs256(claims, issuer.public_pem),
+        "garbage": lambda: "not.a.token",
+        "no user": lambda: jwt.encode({k: v for k, v in claims.items() if k != "preferred_username"}, issuer.key,
+                                      algorithm="RS256"),
+    }[case]()
+    reply = requests.post(f"{auth_server.url}/reload", headers=bearer(token), timeout=30)
+    assert reply.status_code == 401, reply.text[:200]
+    assert requests.get(f"{auth_server.url}/info/", headers=bearer(token), timeout=30).status_code == 401
+
+
+def _hs256(claims: dict, secret: bytes) -> str:
+    """An HS256 token keyed with the public key's PEM (the algorithm-confusion attack)."""
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(claims).encode())
+    return head + "." + b64(hmac.new(secret, head.encode(), hashlib.sha256).digest())
+
+
+def test_login_through_the_server(auth_server):
+    reply = requests.post(f"{auth_server.url}/auth/token", data={"username": "alice", "password": "alice-pw"}, timeout=30)
+    assert reply.status_code == 200, reply.text[:300]
+    token = reply.json()["access_token"]
+    assert requests.post(f"{auth_server.url}/reload", headers=bearer(token), timeout=60).status_code == 200
+    wrong = requests.post(f"{auth_server.url}/auth/token", data={"username": "alice", "password": "nope"}, timeout=30)
+    assert wrong.status_code == 401, wrong.text[:300]
+    assert "password" in wrong.json()["detail"]
