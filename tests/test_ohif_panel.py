@@ -114,6 +114,15 @@ def _save_doc_image(source: Path, target: Path) -> None:
     os.replace(temporary, target)
 
 
+def _record(name: str, value: float) -> None:
+    """Keep a measured figure in test-artifacts/ohif-panel/metrics.json (for the docs)."""
+    path = ARTIFACTS / "metrics.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[name] = round(float(value), 4)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 # --------------------------------------------------------------------------------------------
 # Screen geometry and the server's data
 # --------------------------------------------------------------------------------------------
@@ -139,15 +148,18 @@ def _label(path: Path) -> np.ndarray:
     return data[:, :, 0].T  # [W, H, 1] -> [H, W]
 
 
-def _screen_grid(run: dict, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _screen_grid(
+    run: dict, shape: tuple[int, int], state: str = "panelAtT0", rect_shot: str = "viewport-before.png"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image row and column of every screen pixel, and where the image is (nearest pixel).
 
-    The image rectangle is the one the panel reported drawing into, after checking it against
-    the radiograph found in the screenshot taken before any overlay (within 2 px).
+    The image rectangle is the one the panel reported drawing into (in the page state
+    ``state``), after checking it against the radiograph found in the screenshot ``rect_shot``
+    (within 2 px).
     """
-    before = _png(run["out"] / "viewport-before.png")
+    before = _png(run["out"] / rect_shot)
     top, bottom, left, right = _image_rect(before)
-    corners = np.asarray(run["result"]["panelAtT0"]["lastDraw"]["imageCorners"], dtype=float)
+    corners = np.asarray(run["result"][state]["lastDraw"]["imageCorners"], dtype=float)
     x0, y0 = corners[0]
     x1, y1 = corners[3]
     assert abs(x0 - left) <= 2 and abs(x1 - right) <= 2 and abs(y0 - top) <= 2 and abs(y1 - bottom) <= 2, (
@@ -184,14 +196,16 @@ def _drawn_in(shot: np.ndarray, color: tuple[int, int, int], tolerance: int = 24
     return np.abs(shot - np.asarray(color)).max(axis=-1) <= tolerance
 
 
-def _assert_outline_matches(run: dict, shot_name: str, label: np.ndarray) -> float:
-    rows, cols, inside = _screen_grid(run, label.shape)
+def _assert_outline_matches(run: dict, shot_name: str, label: np.ndarray, **grid: str) -> float:
+    rows, cols, inside = _screen_grid(run, label.shape, **grid)
     screen_label = np.where(inside, label[rows, cols], 0).astype(np.int16)
     expected = _outline(screen_label)
     drawn = _drawn_in(_png(run["out"] / shot_name), SEGMENT_COLORS[0])
     assert expected.sum() > 100 and drawn.sum() > 100, (expected.sum(), drawn.sum())
     precision = (drawn & _near(expected, 1)).sum() / drawn.sum()
     recall = (expected & _near(drawn, 1)).sum() / expected.sum()
+    _record(f"{shot_name} outline precision", precision)
+    _record(f"{shot_name} outline recall", recall)
     assert precision > 0.97 and recall > 0.97, f"{shot_name}: outline precision {precision:.3f}, recall {recall:.3f}"
     return recall
 
@@ -240,10 +254,14 @@ def test_heatmap_on_screen_is_the_servers_heatmap(run):
     expected = heat[rows[inside], cols[inside]][on_map]
     assert on_map.mean() > 0.9
     correlation = np.corrcoef(decoded, expected)[0, 1]
+    _record("heatmap correlation", correlation)
+    _record("heatmap mean abs error", np.abs(decoded - expected).mean())
+    _record("heatmap pixels decoded", on_map.mean())
     assert correlation > 0.97, f"screen heat vs server heat: r = {correlation:.3f}"
     assert np.abs(decoded - expected).mean() < 0.05
     # A mirrored heatmap must not pass.
     mirrored = heat[:, ::-1][rows[inside], cols[inside]][on_map]
+    _record("heatmap correlation, mirrored", np.corrcoef(decoded, mirrored)[0, 1])
     assert np.corrcoef(decoded, mirrored)[0, 1] < correlation - 0.2
 
 
@@ -267,6 +285,17 @@ def test_threshold_slider_redraws_the_servers_mask_without_a_request(run):
     t0 = _drawn_in(_png(run["out"] / "viewport-outline-t0.png"), SEGMENT_COLORS[0])
     t1 = _drawn_in(_png(run["out"] / "viewport-outline-t1.png"), SEGMENT_COLORS[0])
     assert (t0 ^ t1).sum() > 0.3 * t1.sum()
+
+
+def test_overlay_follows_the_image_when_the_view_pans(run):
+    """Middle-button drag pans the radiograph; the outline moves with it and still fits the mask."""
+    result = run["result"]
+    moved = np.asarray(result["panelPanned"]["lastDraw"]["imageCorners"][0]) - np.asarray(result["panelAtT1"]["lastDraw"]["imageCorners"][0])
+    assert np.abs(moved).max() > 20, f"the view did not pan: {moved}"
+    _assert_outline_matches(
+        run, "viewport-outline-panned.png", _label(run["out"] / "label-t1.nrrd"),
+        state="panelPanned", rect_shot="viewport-outline-panned.png",
+    )
 
 
 def test_two_prompts_have_distinct_colours_and_the_servers_label(run):

@@ -15,6 +15,7 @@
  *   viewport-heat-full.png       heatmap at opacity 100 % (colours decode to heat values)
  *   viewport-outline-t0.png      opacity 0: outlines only, at the server's threshold
  *   viewport-outline-t1.png      opacity 0 after moving the threshold slider
+ *   viewport-outline-panned.png  the same after panning the view (middle-button drag)
  *   heatmap-1.nii                the server's heatmap of the prompt (float32 NIfTI)
  *   label-t0.nrrd, label-t1.nrrd the server's label at both thresholds (raw NRRD)
  *   label-two.nrrd               the server's label for the two-prompt run
@@ -245,6 +246,27 @@ async function main() {
     result.requestsDuringSlider = result.requests.slice(before).length;
     result.panelAtT1 = atT1;
     result.serverLabelT1 = await serverLabel(args.prompt, THRESHOLD_MOVED, 'label-t1.nrrd');
+
+    // 5b. Pan the view (middle button drag): the overlay follows the image.
+    step('pan the view');
+    const vbox = await page.locator('.cornerstone-viewport-element').first().boundingBox();
+    const cx = vbox.x + vbox.width / 2;
+    const cy = vbox.y + vbox.height / 2;
+    const drawsBefore = (await snapshot()).drawCount;
+    const drag = async (dx, dy) => {
+      await page.mouse.move(cx, cy);
+      await page.mouse.down({ button: 'middle' });
+      await page.mouse.move(cx + dx, cy + dy, { steps: 8 });
+      await page.mouse.up({ button: 'middle' });
+    };
+    await drag(70, 30);
+    const x0 = atT1.lastDraw.imageCorners[0][0];
+    result.panelPanned = await waitDrawn((s) => s.drawCount > drawsBefore && Math.abs(s.lastDraw.imageCorners[0][0] - x0) > 20, 'the overlay to follow the pan');
+    await page.waitForTimeout(300);
+    result.panelPanned = await snapshot();
+    await viewportShot('viewport-outline-panned.png');
+    await drag(-70, -30);
+    await waitDrawn((s) => Math.abs(s.lastDraw.imageCorners[0][0] - x0) < 2, 'the view back in place');
     await page.locator('#afloc-opacity').fill('0.5');
     await waitDrawn((s) => s.lastDraw.opacity === 0.5, 'opacity 0.5');
     await page.screenshot({ path: out('panel-threshold.png') });
