@@ -13,7 +13,7 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 if [ "$(cat "$VENV/.afloc-stamp" 2>/dev/null)" != "$STAMP_WANT" ]; then
-  echo "[env] installing dependencies (first run takes about 3 minutes)" >&2
+  echo "[env] installing dependencies (first run: about 8 minutes on a fresh 2-core machine, mostly PyTorch)" >&2
   python -m pip install -q --upgrade pip >/dev/null
   # torch first, from its exact pin: see constraints.txt.
   python -m pip install -q -c "$ROOT/constraints.txt" torch torchvision

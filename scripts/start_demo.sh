@@ -12,7 +12,8 @@
 #   AFLOC_CHECKPOINT (demo/checkpoint)  AFLOC_MODEL_DIR (apps/afloc_label/model: trained runs)
 #   AFLOC_CXR_NOTES (../shared/data/cxr-notes)
 #   MONAI_LABEL_* settings (e.g. MONAI_LABEL_AUTH_ENABLE=true, see docs/app.md) pass through.
-# Binding to anything but 127.0.0.1 exposes the server to the network: enable authentication first.
+# Binding to anything but 127.0.0.1 exposes the server to the network: enable authentication first
+# and add --conf allow_remote true (docs/security.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck disable=SC1091
@@ -28,8 +29,11 @@ CXR_NOTES="${AFLOC_CXR_NOTES:-$ROOT/../shared/data/cxr-notes}"
 
 python "$ROOT/scripts/build_demo.py" --datastore "$STUDIES" --checkpoint "$CHECKPOINT" --cxr-notes "$CXR_NOTES"
 
-if [ "$HOST" != "127.0.0.1" ] && [ "$HOST" != "localhost" ] && [ "${MONAI_LABEL_AUTH_ENABLE:-false}" != "true" ]; then
-  echo "[start_demo] warning: binding to $HOST without MONAI_LABEL_AUTH_ENABLE=true; anyone who reaches it can use it" >&2
+if [ "$HOST" != "127.0.0.1" ] && [ "$HOST" != "localhost" ]; then
+  echo "[start_demo] binding to $HOST needs --conf allow_remote true (the server refuses otherwise); see docs/security.md" >&2
+  if [ "${MONAI_LABEL_AUTH_ENABLE:-false}" != "true" ]; then
+    echo "[start_demo] warning: no MONAI_LABEL_AUTH_ENABLE=true: anyone who reaches $HOST:$PORT can use the server" >&2
+  fi
 fi
 echo "[start_demo] AFLoc Label on http://$HOST:$PORT  (API docs /docs; for OHIF run scripts/start_ohif_mode.sh; stop with Ctrl-C)" >&2
 cd "$ROOT"

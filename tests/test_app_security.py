@@ -37,11 +37,12 @@ def assert_json_error(reply, status: int, *words: str) -> dict:
     return body
 
 
-def infer(url: str, params: dict | str, timeout: float = 120, files: dict | None = None, **query):
+def infer(url: str, params: dict | str, timeout: float = 120, files: dict | None = None,
+          headers: dict | None = None, **query):
     data = params if isinstance(params, str) else json.dumps(params)
     return requests.post(
         f"{url}/infer/afloc", params={"output": "json", **query},
-        files={"params": (None, data), **(files or {})}, timeout=timeout,
+        files={"params": (None, data), **(files or {})}, headers=headers, timeout=timeout,
     )
 
 
@@ -109,6 +110,7 @@ def test_bundle_path_never_reaches_the_training_process(afloc_server, tmp_path):
         ("/train/afloc_train", {"gpus": "0"}, 400, ["gpus"]),
         ("/train/afloc_train", [1, 2], 400, ["object"]),
         ("/train/afloc_train?run_sync=true", {}, 400, ["run_sync"]),
+        ("/train/afloc_train?enqueue=true", {}, 400, ["enqueue"]),
     ],
 )
 def test_bad_training_requests_are_refused_before_a_process_starts(afloc_server_url, path, body, status, words):
@@ -219,6 +221,17 @@ def test_cors_allows_only_the_servers_own_origin(afloc_server_url):
     )
     assert preflight.status_code == 400
     assert "access-control-allow-origin" not in {k.lower() for k in preflight.headers}
+
+
+def test_other_web_pages_cannot_change_anything(afloc_server_url):
+    # A form on any web page can POST to 127.0.0.1 without CORS; the browser names the page's origin.
+    evil = {"Origin": "http://evil.example"}
+    reply = requests.post(f"{afloc_server_url}/train/afloc_train", headers={**evil, "Content-Type": "text/plain"},
+                          data="{}", timeout=30)
+    assert_json_error(reply, 403, "cross-site")
+    assert_json_error(infer(afloc_server_url, {"prompt": "nodule"}, image="phantom_00000", headers=evil), 403)
+    own = {"Origin": afloc_server_url}  # the server's own pages (OHIF at /ohif/)
+    assert infer(afloc_server_url, {"prompt": "nodule"}, image="phantom_00000", headers=own).status_code == 200
 
 
 def test_replies_never_show_the_servers_folders(afloc_server):

@@ -9,11 +9,13 @@ those requests itself, with a JSON ``{"detail", "error"}`` 4xx, before the endpo
 - routes switched off by :class:`lib.route_policy.RoutePolicy` -> 403 (``PUT``/``DELETE /model``: 405);
 - ``/infer``: ``image`` must be a datastore id, ``session_id`` a session id MONAI Label issued;
 - ``/train/<name>``: unknown trainer -> 404; the body is checked by the trainer's own option
-  parser (unknown keys such as ``bundle_path`` -> 400); ``run_sync`` -> 400;
+  parser (unknown keys such as ``bundle_path`` -> 400); ``run_sync`` and ``enqueue`` -> 400;
 - ``/activelearning/<name>``: unknown strategy -> 404; ``/proxy/dicom`` without a DICOMweb
   datastore, ``/logs/gpu`` without ``nvidia-smi``, ``/datastore/dataset`` without final labels -> 404;
 - ``PUT /datastore/{image,label}/info``: the body is at most :data:`MAX_INFO_BYTES` (413) and
   ``info`` a JSON object nested at most :data:`MAX_JSON_DEPTH` deep (400);
+- ``POST``/``PUT``/``DELETE`` from a web page of another origin (``Origin`` header) -> 403: any
+  page can send a form to ``127.0.0.1`` without CORS (cross-site request forgery);
 - JSON replies never carry the server's absolute paths: the datastore folder becomes relative,
   other server folders (app, model, sessions, temp) a ``<name>`` placeholder.
 
@@ -51,6 +53,7 @@ __all__ = [
     "current_request",
     "install",
     "json_depth",
+    "set_allowed_origins",
 ]
 
 #: Largest body of ``PUT /datastore/{image,label}/info`` (a report is a few KB).
@@ -165,6 +168,8 @@ class RouteGuard:
 
     # ------------------------------------------------------------------ checks
     async def _check(self, method: str, path: str, query: dict, scope: dict, receive: Receive) -> Receive:
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            _check_origin(scope)
         policy = self.policy or _policy()
         refusal = policy.refusal(method, path)
         if refusal is not None:
@@ -202,6 +207,8 @@ class RouteGuard:
                 "run_sync is not supported: training runs in the background; watch it with GET /train/ "
                 "and stop it with DELETE /train/",
             )
+        if parse_bool(query.get("enqueue"), "enqueue", False):
+            raise _Refusal(400, "enqueue is not supported: one training runs at a time (429 while one runs)")
         name = path[len("/train/"):].strip("/")
         trainers = _trainers()
         if name and name not in trainers:
@@ -238,6 +245,37 @@ class RouteGuard:
         finally:
             await form.close()
         return _replay(messages, receive)
+
+
+# ---------------------------------------------------------------------- cross-site requests
+_ALLOWED_ORIGINS: set[str] = set()
+
+
+def set_allowed_origins(origins: Any) -> None:
+    """Web origins besides the server's own whose pages may send changing requests (``--conf cors_origins``)."""
+    _ALLOWED_ORIGINS.clear()
+    _ALLOWED_ORIGINS.update(str(o).rstrip("/").lower() for o in origins)
+
+
+def _check_origin(scope: dict) -> None:
+    """Refuse a browser's cross-site POST/PUT/DELETE (a form any web page can send without CORS).
+
+    Browsers send ``Origin`` with every such request; non-browser clients (Slicer, curl) send
+    none. The server's own pages (``/ohif/``) have its own origin.
+    """
+    headers = dict(scope.get("headers") or [])
+    origin = headers.get(b"origin", b"").decode("latin-1").strip().rstrip("/").lower()
+    if not origin:
+        return
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    own = origin.split("://", 1)[-1] == host
+    if not own and origin not in _ALLOWED_ORIGINS:
+        raise _Refusal(
+            403,
+            f"cross-site request from {origin[:100]!r} refused: only this server's own pages (and origins "
+            "listed in --conf cors_origins or MONAI_LABEL_CORS_ORIGINS) may change data",
+            "Forbidden",
+        )
 
 
 # ---------------------------------------------------------------------- app lookups

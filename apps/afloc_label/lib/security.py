@@ -248,7 +248,9 @@ def install_log_redaction(loggers: Iterable[logging.Logger] = ()) -> None:
 
 def install(app: Any, conf: Mapping[str, str]) -> None:
     """Apply everything in this module to MONAI Label's FastAPI ``app``."""
+    from lib import route_guard
+
     check_bind_address(conf)
-    configure_cors(app, conf)
+    route_guard.set_allowed_origins(configure_cors(app, conf))
     install_auth(app, conf)
     install_log_redaction()
