@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="DICOMweb: where downloaded images are kept (default $AFLOC_DICOMWEB_CACHE or ~/.cache/afloc/dicomweb)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--trained-on", default=None,
+        help="what the model is trained on, in words, stored in meta.json as trained_on and shown by "
+        "the server (default: described from --data; phantoms are marked 'not for clinical images')",
+    )
     return parser
 
 
@@ -94,6 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             device=args.device,
             reports_root=args.reports_root,
             views=[v.strip() for v in args.views.split(",") if v.strip()],
+            trained_on=args.trained_on,
         )
     except AFLocError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

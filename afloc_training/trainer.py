@@ -125,6 +125,7 @@ def train(
     device: Optional[str] = None,
     reports_root: Union[str, Path, None] = None,
     views: Sequence[str] = ("PA", "AP"),
+    trained_on: Optional[str] = None,
 ) -> TrainResult:
     """Train (or continue training) AFLoc and write the checkpoint folder ``out``.
 
@@ -148,6 +149,10 @@ def train(
         save_every: also save every this many steps (0: only at epoch ends and at the stop).
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
         reports_root, views: MIMIC-CXR options, see :func:`afloc_training.data.load_pairs`.
+        trained_on: what the model is trained on, in words, stored as ``trained_on`` in the
+            checkpoint's ``meta.json`` (servers and viewers show it). Default: described from the
+            data (synthetic phantoms are marked "not for clinical images"); a resumed run keeps
+            its own.
 
     Raises:
         AFLocError: unusable data, config or checkpoint (message names the problem).
@@ -162,6 +167,7 @@ def train(
     try:
         run = _Run(ctx, Path(out).expanduser().resolve(), seed, save_every, progress, stop_check)
         run.setup(data, config, resume, init_from, log_dir, reports_root, views, epochs, max_steps)
+        run.trained_on = run.describe_data(trained_on)
         return run.loop(max_minutes)
     finally:
         if not already:
@@ -187,6 +193,28 @@ def read_train_state(folder: Union[str, Path]) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"'{path}' is not an AFLoc training state (expected format '{STATE_FORMAT}')")
     return state
+
+
+def describe_training_data(pairs: PairList) -> str:
+    """What a model trained on ``pairs`` has seen, in words, for ``meta.json``'s ``trained_on``.
+
+    A datastore written by ``afloc-phantoms`` (its ``ground_truth/manifest.json`` says so) reads
+    "synthetic phantoms (...): not for clinical images".
+    """
+    import json
+
+    count = len(pairs.pairs)
+    manifest = Path(pairs.source) / "ground_truth" / "manifest.json"
+    generator = None
+    if pairs.kind == "datastore" and manifest.is_file():
+        try:
+            generator = json.loads(manifest.read_text(encoding="utf-8")).get("generator")
+        except (OSError, ValueError, AttributeError):
+            generator = None
+    if generator == "afloc-phantoms":
+        return f"synthetic phantoms (afloc-phantoms, {count} image-report pairs): not for clinical images"
+    kinds = {"datastore": "datastore", "csv": "CSV manifest", "mimic": "MIMIC-CXR-JPG"}
+    return f"{kinds.get(pairs.kind, pairs.kind)} '{Path(pairs.source).name}' ({count} image-report pairs)"
 
 
 # ------------------------------------------------------------------------------ internals
@@ -419,6 +447,17 @@ class _Run:
                 self.steps_per_epoch, self.epochs_target, self.total_steps,
             )
 
+    def describe_data(self, given: Optional[str]) -> str:
+        """The checkpoint's ``trained_on`` text (see :func:`train`)."""
+        if given is not None and given.strip():
+            return " ".join(given.split())
+        previous = self.model.meta.get("trained_on")
+        if self.resumed_from and previous:
+            return str(previous)
+        text = describe_training_data(self.pairs)
+        parent = self.model.meta.get("parent_trained_on")
+        return f"{text}; fine-tuned from a model trained on {parent}" if parent else text
+
     def _fresh_model(self, config: ConfigLike, init_from) -> AFLoc:
         if init_from is None:
             return AFLoc(load_config(config if config is not None else "small"))
@@ -435,7 +474,8 @@ class _Run:
             model.config = dataclasses.replace(
                 model.config, name=wanted.name, loss=wanted.loss, optim=wanted.optim, data=wanted.data
             )
-        model.meta = {"init_from": str(init_from), "parent_version": parent.get("version")}
+        model.meta = {"init_from": str(init_from), "parent_version": parent.get("version"),
+                      "parent_trained_on": parent.get("trained_on")}
         return model
 
     def _load_data(self, data, reports_root, views) -> PairList:
@@ -866,6 +906,7 @@ class _Run:
             last = self.history[-1] if self.history else {}
             meta = {
                 "version": f"{time.strftime('%Y%m%d-%H%M%S')}-step{self.step}",
+                "trained_on": self.trained_on,
                 "training": {
                     "step": self.step,
                     "epoch": self.epoch,
@@ -898,4 +939,4 @@ def _to_float(features):
     )
 
 
-__all__ = ["STATE_FILE", "TrainResult", "freeze_unused", "lr_factor", "read_train_state", "train"]
+__all__ = ["STATE_FILE", "TrainResult", "describe_training_data", "freeze_unused", "lr_factor", "read_train_state", "train"]

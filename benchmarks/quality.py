@@ -18,6 +18,14 @@ Not a test: it trains for minutes. The default run (2-core CPU)::
 
 Targets (AFLoc-level behaviour on phantoms): pointing game >= 0.6 and mean CNR >= 1.0 for the
 full model.
+
+5. External validation (issue 13): the main checkpoint is also scored on the external test sets of
+   :mod:`afloc_models.evaluation.external` (an independently written radiograph simulator, and real
+   radiographs with inserted lesions when ``../shared/data/cxr-notes`` is present), reported side
+   by side with the in-domain phantoms per finding (``side_by_side``) with bootstrap 95% CIs, and
+   checked against the generalization targets (external pointing game >= 0.6, CNR >= 1.5, no
+   finding below 0.3; in-domain >= 0.7 / 2.0). ``--checkpoint CKPT`` scores an existing checkpoint
+   this way without training.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ import numpy as np  # noqa: E402
 from afloc_models.config import AFLocConfig, load_config  # noqa: E402
 
 TARGETS = {"pointing_game": 0.6, "cnr": 1.0}
+#: Issue 13: on the external sets (every one), and in-domain at the same time.
+EXTERNAL_TARGETS = {"pointing_game": 0.6, "cnr": 1.5, "worst_finding_pointing_game": 0.3}
+IN_DOMAIN_TARGETS = {"pointing_game": 0.7, "cnr": 2.0}
 ABLATIONS = {
     "full": {},
     "no_word": {"weight_word": 0.0},
@@ -76,6 +87,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         help="heatmap similarities to evaluate (dot: the predictor's default)",
     )
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
+    parser.add_argument(
+        "--external", type=Path, default=None,
+        help="external test sets (afloc_models.evaluation.external layout; default WORK/external, written "
+        "if missing: --n-external simulated studies and, when ../shared/data/cxr-notes is there, real "
+        "radiographs with inserted lesions)",
+    )
+    parser.add_argument("--n-external", type=int, default=200, help="simulated external studies (default 200)")
+    parser.add_argument("--external-seed", type=int, default=7)
+    parser.add_argument("--cxr-notes", type=Path, default=None, help="real radiographs for the external set")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None,
+        help="evaluate this checkpoint (in-domain and external) instead of training; no ablations",
+    )
     return parser.parse_args(argv)
 
 
@@ -112,8 +136,26 @@ def main(argv: Optional[list[str]] = None) -> int:
         "config": base.to_dict(),
         "targets": TARGETS,
     }
+    results["external_sets"] = {name: str(path) for name, path in _external_sets(args).items()}
+    if args.checkpoint is not None:
+        from afloc_models.model import AFLoc
+
+        checkpoint = AFLoc.from_pretrained(args.checkpoint)
+        results["config"] = checkpoint.config.to_dict()
+        results["main"] = {"checkpoint": str(args.checkpoint), "meta": checkpoint.meta,
+                           "metrics": {"dot": evaluate_checkpoint(args.checkpoint, test_dir, args.level, "dot",
+                                                                  args.bootstrap, args.seed)}}
+        results["main"]["external"] = _external_metrics(args, args.checkpoint)
+        results["side_by_side"] = side_by_side(results["main"])
+        results["generalization_targets"] = generalization_targets(results["main"])
+        _write(args.work / "quality.json", results)
+        print(json.dumps(results, indent=2))
+        return 0
     results["grid_ceiling"] = {size: grid_ceiling(test_dir, base, size) for size in _infer_sizes(args, base)}
     results["main"] = _run(args, "main", base, train_dir, test_dir, args.minutes)
+    results["main"]["external"] = _external_metrics(args, Path(results["main"]["checkpoint"]))
+    results["side_by_side"] = side_by_side(results["main"])
+    results["generalization_targets"] = generalization_targets(results["main"])
     results["targets_met"] = {
         similarity: {k: bool((m["overall"][k] or 0) >= v) for k, v in TARGETS.items()}
         for similarity, m in results["main"]["metrics"].items()
@@ -130,6 +172,59 @@ def main(argv: Optional[list[str]] = None) -> int:
     _write(args.work / "quality.json", results)
     print(json.dumps(results, indent=2))
     return 0
+
+
+def _external_sets(args) -> dict[str, Path]:
+    """The external test sets (written under WORK/external when missing)."""
+    from afloc_models.evaluation.external.writer import REAL_DIR, SYNTHETIC_DIR, write_external_sets
+
+    root = args.external or (args.work / "external")
+    ready = {name: root / folder for name, folder in (("synthetic", SYNTHETIC_DIR), ("real", REAL_DIR))
+             if (root / folder / "ground_truth" / "findings.csv").is_file()}
+    if "synthetic" not in ready:
+        ready = write_external_sets(root, n=args.n_external, seed=args.external_seed, cxr_notes=args.cxr_notes,
+                                    overwrite=True)
+    return ready
+
+
+def _external_metrics(args, checkpoint: Path) -> dict[str, Any]:
+    """Inner-product maps at the checkpoint's own inference size on every external set."""
+    return {name: evaluate_checkpoint(checkpoint, path, args.level, "dot", args.bootstrap, args.seed)
+            for name, path in _external_sets(args).items()}
+
+
+def side_by_side(main: dict[str, Any]) -> dict[str, Any]:
+    """Pointing game and CNR with 95% CIs per finding: in-domain phantoms next to each external set."""
+    columns = {"in_domain": main["metrics"]["dot"], **{f"external_{k}": v for k, v in main.get("external", {}).items()}}
+    findings = sorted({f for m in columns.values() for f in m["per_finding"]})
+    table: dict[str, Any] = {}
+    for finding in findings + ["overall"]:
+        row = {}
+        for column, metrics in columns.items():
+            entry = metrics["overall"] if finding == "overall" else metrics["per_finding"].get(finding)
+            if entry is None:
+                continue
+            row[column] = {k: entry.get(k) for k in ("pointing_game", "pointing_game_ci95", "cnr", "cnr_ci95", "miou")}
+            row[column]["n"] = metrics["cases"] if finding == "overall" else entry["n"]
+        table[finding] = row
+    return table
+
+
+def generalization_targets(main: dict[str, Any]) -> dict[str, Any]:
+    """Issue 13's targets checked on this run: each external set and in-domain."""
+    out: dict[str, Any] = {"targets": {"external": EXTERNAL_TARGETS, "in_domain": IN_DOMAIN_TARGETS}}
+    inside = main["metrics"]["dot"]["overall"]
+    out["in_domain"] = {k: bool((inside[k] or 0) >= v) for k, v in IN_DOMAIN_TARGETS.items()}
+    for name, metrics in main.get("external", {}).items():
+        overall = metrics["overall"]
+        worst = min(((e["pointing_game"] or 0.0, f) for f, e in metrics["per_finding"].items()), default=(0.0, None))
+        out[f"external_{name}"] = {
+            "pointing_game": bool((overall["pointing_game"] or 0) >= EXTERNAL_TARGETS["pointing_game"]),
+            "cnr": bool((overall["cnr"] or 0) >= EXTERNAL_TARGETS["cnr"]),
+            "worst_finding": {"finding": worst[1], "pointing_game": worst[0],
+                              "met": worst[0] >= EXTERNAL_TARGETS["worst_finding_pointing_game"]},
+        }
+    return out
 
 
 def grid_ceiling(test_dir: Path, config: AFLocConfig, size: int) -> dict[str, Any]:
@@ -263,7 +358,7 @@ def evaluate_checkpoint(
         "cases": len(records),
         "skipped": len(skipped),
         "overall": pick(summary["overall"]),
-        "per_finding": {c: {"n": e["n"], **{k: _round(e[k]["mean"]) for k in keys}} for c, e in summary["per_category"].items()},
+        "per_finding": {c: {"n": e["n"], **pick(e)} for c, e in summary["per_category"].items()},
     }
 
 

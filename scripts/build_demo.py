@@ -16,7 +16,8 @@ with exactly these two commands (run as subprocesses, progress bar included)::
     afloc-phantoms --out WORK/phantoms --n TRAIN_PHANTOMS --seed TRAIN_PHANTOM_SEED --size TRAIN_PHANTOM_SIZE \\
         --workers CPUS
     afloc-train --data WORK/phantoms --out WORK/checkpoint --config TRAIN_CONFIG \\
-        --max-steps TRAIN_MAX_STEPS --max-minutes TRAIN_MAX_MINUTES --seed TRAIN_SEED
+        --max-steps TRAIN_MAX_STEPS --max-minutes TRAIN_MAX_MINUTES --seed TRAIN_SEED \\
+        --trained-on TRAIN_TRAINED_ON
 
 The recipe is the constants below; change them here. Usage::
 
@@ -60,6 +61,9 @@ TRAIN_MAX_STEPS = 320
 #: machine the bound can end it earlier, and then it is not bit-reproducible.
 TRAIN_MAX_MINUTES = 15.0
 TRAIN_SEED = 0
+#: What the demo model says it was trained on (checkpoint meta.json ``trained_on``; the server's
+#: /info, the Slicer module and the OHIF panel show it).
+TRAIN_TRAINED_ON = "demo: synthetic phantoms, not for clinical images"
 
 # ----------------------------------------------------------------------------- defaults
 DEFAULT_DATASTORE = REPO_ROOT / "demo" / "datastore"
@@ -173,7 +177,7 @@ def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
         log(f"training AFLoc '{TRAIN_CONFIG}' for {TRAIN_MAX_STEPS} steps (at most {TRAIN_MAX_MINUTES:g} min)")
         _run([sys.executable, "-m", "afloc_training.cli", "--data", str(phantoms), "--out", str(trained),
               "--config", TRAIN_CONFIG, "--max-steps", str(TRAIN_MAX_STEPS),
-              "--max-minutes", str(TRAIN_MAX_MINUTES), "--seed", str(TRAIN_SEED),
+              "--max-minutes", str(TRAIN_MAX_MINUTES), "--seed", str(TRAIN_SEED), "--trained-on", TRAIN_TRAINED_ON,
               "--log-dir", str(work_dir / "logs")])
         if not checkpoint_complete(trained):
             raise SystemExit(f"build_demo: training finished without a checkpoint in {trained}")

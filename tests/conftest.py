@@ -172,6 +172,10 @@ def write_datastore(
 # --------------------------------------------------------------------------------------------
 
 
+#: ``trained_on`` of the test checkpoint (the server's /info shows it).
+TEST_TRAINED_ON = "test: untrained, random weights"
+
+
 @pytest.fixture(scope="session")
 def afloc_checkpoint(tmp_path_factory) -> Path:
     """A small untrained AFLoc checkpoint folder (fixed seed, version ``test-base``)."""
@@ -184,7 +188,8 @@ def afloc_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     return AFLoc("small").save_pretrained(
-        tmp_path_factory.mktemp("afloc-ckpt") / "small", meta={"version": "test-base"}
+        tmp_path_factory.mktemp("afloc-ckpt") / "small",
+        meta={"version": "test-base", "trained_on": TEST_TRAINED_ON},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,10 @@ def test_info_lists_the_models_and_the_trainer(afloc_server_url):
     assert info["models"]["afloc_classify"]["type"] == "classification"
     assert "afloc_train" in info["trainers"]
     assert afloc["model_version"] == "test-base"
+    # What the served model was trained on, from its meta.json (panels show it).
+    if not os.environ.get("AFLOC_TEST_CHECKPOINT"):
+        assert info["trained_on"] == afloc["trained_on"] == "test: untrained, random weights"
+    assert info["models"]["afloc_classify"]["trained_on"] == info["trained_on"]
     listing = requests.get(f"{afloc_server_url}/datastore/?output=all", timeout=30).json()
     assert listing["objects"]["RG1_UNCI"]["image"]["ext"] == ".dcm"
 

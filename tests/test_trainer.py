@@ -92,6 +92,10 @@ def test_run_writes_a_loadable_checkpoint_logs_and_history(reference, workspace)
     model = AFLoc.from_pretrained(reference.checkpoint)
     assert model.config.embed_dim == 32
     assert model.meta["training"]["step"] == 6 and model.meta["training"]["epoch"] == 3
+    # What the model learned from, in words (the server's /info shows it): phantoms are marked.
+    assert model.meta["trained_on"] == (
+        "synthetic phantoms (afloc-phantoms, 12 image-report pairs): not for clinical images"
+    )
     state = read_train_state(reference.checkpoint)
     assert state["step"] == 6 and state["batch_in_epoch"] == 0 and len(state["history"]) == 3
     assert list((workspace / "tb").glob("events.out.tfevents.*"))
@@ -217,6 +221,13 @@ def test_init_from_fine_tunes_a_checkpoint(reference, workspace):
     tuned = AFLoc.from_pretrained(result.checkpoint)
     base = _weights(reference.checkpoint)
     assert tuned.meta["init_from"] == str(reference.checkpoint)
+    assert tuned.meta["trained_on"].endswith(
+        "; fine-tuned from a model trained on synthetic phantoms (afloc-phantoms, 12 image-report pairs): "
+        "not for clinical images"
+    )
+    given = train(workspace / "data", workspace / "named", config=frozen_text, max_steps=1, progress=False,
+                  log_dir=workspace / "tb6", trained_on="demo:  synthetic phantoms, not for clinical images")
+    assert AFLoc.from_pretrained(given.checkpoint).meta["trained_on"] == "demo: synthetic phantoms, not for clinical images"
     # Frozen text body kept exactly; the image encoder moved from the checkpoint's weights.
     key = "text_encoder.model.encoder.layer.0.attention.self.query.weight"
     assert torch.equal(tuned.state_dict()[key], base[key])

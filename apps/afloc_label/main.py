@@ -85,7 +85,7 @@ from lib.ids import check_image_id  # noqa: E402
 from lib.infers import AFLocClassifyTask, AFLocLocalizeTask  # noqa: E402
 from lib.params import parse_bool  # noqa: E402
 from lib.route_policy import RoutePolicy  # noqa: E402
-from lib.served_model import ServedModel  # noqa: E402
+from lib.served_model import ServedModel, describe_trained_on  # noqa: E402
 from lib.strategies import AFLocReview  # noqa: E402
 from lib.trainers import AFLocTrainTask  # noqa: E402
 
@@ -141,6 +141,12 @@ class AFLocLabelApp(MONAILabelApp):
 
     def init_strategies(self) -> Dict[str, Strategy]:
         return {**super().init_strategies(), REVIEW_STRATEGY: AFLocReview()}
+
+    def info(self) -> Dict[str, Any]:
+        """MONAI Label's ``/info`` plus ``trained_on``: what the served model was trained on."""
+        info = super().info()
+        info["trained_on"] = describe_trained_on(self.store.served())
+        return info
 
     def on_init_complete(self) -> None:
         # Only the server calls this: training subprocesses keep PyTorch's own thread count.

@@ -50,12 +50,15 @@ class CheckpointRef:
         fingerprint: changes whenever the folder's weights are replaced (path, inode, mtime, size).
         version: the ``version`` in its ``meta.json`` (the folder name if absent).
         source: ``trained`` (published by a training run) or ``base`` (given at server start).
+        trained_on: the ``trained_on`` text of its ``meta.json`` (what the model was trained on,
+            e.g. "synthetic phantoms ...: not for clinical images"), or None if it does not say.
     """
 
     path: Path
     fingerprint: tuple
     version: str
     source: str
+    trained_on: Optional[str] = None
 
 
 def checkpoint_problem(folder: Path) -> Optional[str]:
@@ -74,7 +77,7 @@ class ModelStore:
     def __init__(self, model_dir: Path, base_checkpoint: Optional[Path] = None):
         self.model_dir = Path(model_dir)
         self.base_checkpoint = Path(base_checkpoint) if base_checkpoint else None
-        self._versions: dict[tuple, str] = {}
+        self._versions: dict[tuple, tuple[str, Optional[str]]] = {}
 
     @property
     def current_link(self) -> Path:
@@ -171,17 +174,22 @@ class ModelStore:
             fingerprint: tuple = (str(folder), stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except OSError:
             fingerprint = (str(folder), 0, 0, 0)
-        version = self._versions.get(fingerprint)
-        if version is None:
-            version = _read_version(folder)
-            self._versions = {fingerprint: version}  # only the latest matters
-        return CheckpointRef(path=folder, fingerprint=fingerprint, version=version, source=source)
+        described = self._versions.get(fingerprint)
+        if described is None:
+            described = _read_meta(folder)
+            self._versions = {fingerprint: described}  # only the latest matters
+        version, trained_on = described
+        return CheckpointRef(path=folder, fingerprint=fingerprint, version=version, source=source,
+                             trained_on=trained_on)
 
 
-def _read_version(folder: Path) -> str:
+def _read_meta(folder: Path) -> tuple[str, Optional[str]]:
+    """``(version, trained_on)`` from the folder's ``meta.json`` (folder name and None if absent)."""
     try:
         meta = json.loads((folder / _META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return folder.name
-    version = meta.get("version") if isinstance(meta, dict) else None
-    return str(version) if version else folder.name
+        return folder.name, None
+    if not isinstance(meta, dict):
+        return folder.name, None
+    version, trained_on = meta.get("version"), meta.get("trained_on")
+    return (str(version) if version else folder.name), (str(trained_on) if trained_on else None)

@@ -19,7 +19,17 @@ from lib.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServedModel"]
+__all__ = ["ServedModel", "describe_trained_on", "UNKNOWN_TRAINING"]
+
+#: Shown when a checkpoint's meta.json does not say what it was trained on.
+UNKNOWN_TRAINING = "unknown: the checkpoint does not say what it was trained on"
+
+
+def describe_trained_on(ref: Optional[CheckpointRef]) -> Optional[str]:
+    """The served checkpoint's ``trained_on`` for ``/info`` (None when nothing is served)."""
+    if ref is None:
+        return None
+    return ref.trained_on or UNKNOWN_TRAINING
 
 
 class ServedModel:

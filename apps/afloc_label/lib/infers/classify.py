@@ -14,7 +14,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lib.image_source import resolve_image_file
 from lib.params import parse_findings
-from lib.served_model import ServedModel
+from lib.served_model import ServedModel, describe_trained_on
 
 __all__ = ["DEFAULT_FINDINGS", "AFLocClassifyTask"]
 
@@ -43,6 +43,7 @@ class AFLocClassifyTask(InferTask):
         info = super().info()
         ref = self.served.store.served()
         info["model_version"] = ref.version if ref else None
+        info["trained_on"] = describe_trained_on(ref)
         return info
 
     def __call__(self, request: Dict[str, Any]) -> Tuple[Union[str, None], Dict[str, Any]]:

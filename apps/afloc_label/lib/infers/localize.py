@@ -49,7 +49,7 @@ from lib.params import (
     parse_prompts,
     parse_threshold,
 )
-from lib.served_model import ServedModel
+from lib.served_model import ServedModel, describe_trained_on
 
 __all__ = ["DEFAULT_CONFIG", "DRAFT_TAG", "HEATMAP_TAG", "AFLocLocalizeTask", "combine_masks", "heatmap_tag"]
 
@@ -110,6 +110,7 @@ class AFLocLocalizeTask(InferTask):
         info = super().info()
         ref = self.served.store.served()
         info["model_version"] = ref.version if ref else None
+        info["trained_on"] = describe_trained_on(ref)
         return info
 
     def get_path(self, validate: bool = True) -> Optional[str]:
