@@ -312,9 +312,10 @@ async function main() {
     await waitDrawn((s) => s.lastDraw.opacity === 0.5, 'opacity 0.5');
     await page.screenshot({ path: out('panel-two-prompts.png') });
 
-    // 8. A finding from the report, one click.
+    // 8. A finding from the report, one click (the server's reading of the report, for comparison).
     const findings = (await snapshot()).reportFindings;
     result.reportFindings = findings;
+    result.serverFindings = await (await fetch(`${args.baseUrl}/afloc/findings?image=${encodeURIComponent(args.series)}`)).json();
     if (findings.length) {
       step('report finding');
       const chip = page.locator('.afloc-report-chip').first();
