@@ -256,6 +256,7 @@ def test_module_connect_consent_run_threshold_switch_accept_undo_close(module, s
     assert status.startswith("Draft ready") and "uploaded" not in status, status
     assert segment_names(user_seg)[3:] == ["pneumothorax", "cardiomegaly (2)"]
     second = widget.draft["localization"]
+    assert [p.name for p in workdir.glob("run-*")] == [second.draft_path.parent.name]  # the first run's files went
 
     # Threshold: recomputed locally into the draft's segments.
     ui.thresholdSlider.value = 0.5
@@ -303,6 +304,7 @@ def test_module_connect_consent_run_threshold_switch_accept_undo_close(module, s
     ui.undoButton.click()
     assert segment_names(user_seg) == ["heart (mine)", "right pleural effusion", "cardiomegaly"]
     assert widget.draft is None and not ui.acceptButton.enabled
+    assert not list(workdir.glob("run-*")) and not list(workdir.glob("job-*"))
 
     # Settings: "don't ask again" is listed and can be undone.
     assert afloc_server_url in ui.consentStatusLabel.text
@@ -669,3 +671,24 @@ def test_render_stand_in_figure(module, standin, afloc_server_url, tmp_path):
     figure.savefig(out, dpi=100)
     plt.close(figure)
     assert out.stat().st_size > 10_000
+
+
+def test_extension_hygiene():
+    """Issue item 9: the license the Extensions Index requires, the metadata's picture, the docs."""
+    license_text = (REPO_ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text and len(license_text) > 10_000  # the full text
+
+    cmake = (REPO_ROOT / "slicer_extension" / "CMakeLists.txt").read_text()
+    import re
+
+    for url in re.search(r'EXTENSION_SCREENSHOTURLS "([^"]+)"', cmake).group(1).split():
+        path = REPO_ROOT / url.split("/main/", 1)[1]
+        assert path.is_file(), f"{path} named by EXTENSION_SCREENSHOTURLS does not exist"
+    icon = re.search(r'EXTENSION_ICONURL "([^"]+)"', cmake).group(1)
+    assert (REPO_ROOT / icon.split("/main/", 1)[1]).is_file()
+
+    docs = (REPO_ROOT / "docs" / "slicer.md").read_text(encoding="utf-8")
+    assert "it asks no consent" not in docs and "MONAILabel/showImageDataSendWarning" in docs
+    assert "re-imports\n`AFLoc.py` only" in docs or "re-imports `AFLoc.py` only" in docs
+    assert "## What the tests cannot prove" in docs

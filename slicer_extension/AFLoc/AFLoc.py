@@ -396,7 +396,12 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return node
 
     def _showResult(self, localization, volumeNode, segmentationNode, replaced):
-        self.logic.applyDraft(localization, segmentationNode, volumeNode, replaced)
+        try:
+            self.logic.applyDraft(localization, segmentationNode, volumeNode, replaced)
+        except Exception:
+            self.logic.discardRunFiles(localization)
+            raise
+        self._releaseDraftFiles()
         self.draft = {"volume": volumeNode.GetID(), "segmentation": segmentationNode.GetID(), "localization": localization}
         self.ui.thresholdSlider.blockSignals(True)
         if localization.heatmaps:
@@ -426,7 +431,13 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
         return volume, segmentation
 
+    def _releaseDraftFiles(self):
+        """Delete the current draft's run folder (heatmaps, draft files): its data is in memory."""
+        if self.draft is not None:
+            self.logic.discardRunFiles(self.draft["localization"])
+
     def _dropDraft(self, message):
+        self._releaseDraftFiles()
         self.draft = None
         self.logic.forgetDraft()
         self.ui.scoresLabel.text = ""
@@ -507,6 +518,7 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUndo(self):
         if self.logic.undo():
+            self._releaseDraftFiles()
             self.draft = None
             self.ui.scoresLabel.text = ""
             self.ui.statusLabel.text = "Segmentation restored to its state before the draft."
@@ -595,6 +607,12 @@ class AFLocLogic(ScriptedLoadableModuleLogic):
         if self._workDir is None or not os.path.isdir(self._workDir):
             self._workDir = tempfile.mkdtemp(prefix="AFLoc-")
         return self._workDir
+
+    def discardRunFiles(self, localization):
+        """Delete the folder of one run (``run-*`` under :meth:`workDir`), once its draft is closed."""
+        folder = os.path.dirname(str(localization.draft_path))
+        if self._workDir and os.path.basename(folder).startswith("run-") and os.path.dirname(folder) == self._workDir:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def discardRuns(self):
         """Delete the files of earlier runs (their drafts are gone with the scene)."""

@@ -161,6 +161,8 @@ class SubprocessTask:
             self._process = subprocess.Popen(
                 [self._command.python, self._command.script, spec],
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                # PythonSlicer is a console program: no console window for it on Windows.
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0,
             )
         except OSError as exc:
             self._log.close()
