@@ -168,11 +168,14 @@ def test_standin_rejects_what_slicer_does_not_have(standin, tmp_path):
     with pytest.raises(TypeError):
         slicer.util.arrayFromSegmentBinaryLabelmap()  # exact positional signature
 
-    # Clashing ids: GenerateUniqueSegmentID returns a free id, AddSegment refuses a taken one.
+    # Clashing ids: GenerateUniqueSegmentID returns a free id; AddSegment under a taken id silently
+    # replaces that segment (vtkSegmentation.cxx), so the module must never pass a taken id.
     first = slicer.vtkSegment()
+    first.SetName("mine")
     assert segmentation.AddSegment(first, "cardiomegaly")
     assert segmentation.GenerateUniqueSegmentID("cardiomegaly") == "cardiomegaly_1"
-    assert not segmentation.AddSegment(slicer.vtkSegment(), "cardiomegaly")
+    assert segmentation.AddSegment(slicer.vtkSegment(), "cardiomegaly")
+    assert segmentation.GetSegment("cardiomegaly").GetName() == "" and segmentation.GetNumberOfSegments() == 1
 
     # exportNode shares its default `properties` dict between calls, as util.py l.1184 does:
     # after a volume export without `{}`, a segmentation export without `{}` inherits "NIfTI".

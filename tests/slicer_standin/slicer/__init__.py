@@ -339,7 +339,8 @@ class vtkSegment(vtk.vtkObject):
 class vtkSegmentation(vtk.vtkObject):
     """Libs/vtkSegmentationCore/vtkSegmentation.h (v5.8.1): an ordered id -> segment map.
 
-    Used: ``AddSegment(segment, segmentId="", insertBeforeSegmentId="")`` -> bool (l.210),
+    Used: ``AddSegment(segment, segmentId="", insertBeforeSegmentId="")`` -> bool (l.210; an id
+    already in use silently replaces that segment, as the .cxx does),
     ``GenerateUniqueSegmentID(id="")`` (l.219; ``id_1``, ``id_2``... on a clash, as the .cxx does),
     ``RemoveSegment(segmentId)`` (l.223), ``GetSegment(segmentId)`` (l.234), ``GetSegmentIDs()``
     (l.243), ``GetNumberOfSegments()`` (l.246), ``GetNthSegment(index)`` / ``GetNthSegmentID(index)``
@@ -375,9 +376,13 @@ class vtkSegmentation(vtk.vtkObject):
         if not isinstance(segment, vtkSegment):
             return False
         segmentId = segmentId or self.GenerateUniqueSegmentID("")
-        if segmentId in self._segments and self._segments[segmentId] is not segment:
-            return False  # vtkSegmentation::AddSegment refuses to replace another segment under an id
-        items = [(k, v) for k, v in self._segments.items() if k != segmentId]
+        if segmentId in self._segments:
+            # vtkSegmentation.cxx AddSegment: `this->Segments[key] = segment;` silently replaces the
+            # segment already stored under that id (no check, no error): the caller must make ids unique.
+            self._segments[segmentId] = segment
+            self.Modified()
+            return True
+        items = list(self._segments.items())
         position = len(items)
         if insertBeforeSegmentId:
             keys = [k for k, _ in items]

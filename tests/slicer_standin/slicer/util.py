@@ -313,7 +313,8 @@ def confirmYesNoDisplay(text, windowTitle=None, parent=None, **kwargs):
     return result == qt.QMessageBox.Yes
 
 
-# l.3035
+# l.3035. One difference: a box with only an OK button (errorDisplay) is recorded, not modal, so a
+# test need not answer every error; Yes/No boxes are modal and take the answer the test queued.
 def _messageDisplay(logLevel, text, testingReturnValue, mainWindowNeeded=False, parent=None, windowTitle=None,
                     **kwargs):
     logging.log(logLevel, text)
