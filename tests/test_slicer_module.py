@@ -493,47 +493,22 @@ class TokenIssuer:
 
 
 @pytest.fixture
-def auth_server(tmp_path, afloc_checkpoint, make_datastore):
-    """The app with ``MONAI_LABEL_AUTH_ENABLE`` (MONAI Label's own settings, config.py), its issuer local.
-
-    Started here rather than with conftest's ``start_afloc_server``, which waits for an open ``/info/``.
-    """
-    import subprocess
-
-    import requests
-    from conftest import APP_DIR, ServerHandle, free_port
-
+def auth_server(start_afloc_server, make_datastore, tmp_path):
+    """The app with MONAI Label's authentication on (``MONAI_LABEL_AUTH_ENABLE``, its config.py
+    settings), tokens issued by a local :class:`TokenIssuer`."""
     issuer = TokenIssuer({"radiologist": "correct horse"})
-    studies = make_datastore(tmp_path / "datastore", phantoms=1, dicom=False)
-    port = free_port()
-    log = tmp_path / "auth-server.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer.realm}
-    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies",
-               str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "model_dir",
-               str(tmp_path / "model"), "--conf", "checkpoint", str(afloc_checkpoint)]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=str(REPO_ROOT), env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    handle = ServerHandle(f"http://127.0.0.1:{port}", studies, tmp_path / "model", afloc_checkpoint, log, process)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert handle.alive() and time.monotonic() < deadline, handle.log_tail()
-            try:
-                if requests.get(f"{handle.url}/auth/", timeout=5).json().get("enabled"):
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.25)
+        handle = start_afloc_server(
+            studies=make_datastore(tmp_path / "datastore", phantoms=1, dicom=False),
+            env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer.realm},
+        )
         yield handle, issuer
-    finally:
         handle.stop()
+    finally:
         issuer.close()
 
 
-def test_auth_enabled_server_login_and_token(module, standin, auth_server):
+def test_auth_enabled_server_login_token_and_run(module, standin, auth_server):
     handle, issuer = auth_server
     slicer, qt, _ = standin
     _, widget = module
@@ -554,19 +529,27 @@ def test_auth_enabled_server_login_and_token(module, standin, auth_server):
     ui.loginButton.click()
     wait_idle(widget, 60)
     assert ui.serverStatusLabel.text.startswith("Logged in as radiologist"), ui.serverStatusLabel.text
-    assert ui.tokenEdit.text.count(".") == 2  # a JWT, held for this session only
+    token = ui.tokenEdit.text
+    assert token.count(".") == 2  # a JWT, held for this session only
     assert issuer.grants == [("radiologist", False), ("radiologist", True)]
     assert qt.QSettings().value("AFLoc/UserName") == "radiologist"
-    assert all("correct horse" not in str(v) and ui.tokenEdit.text not in str(v) for v in qt.QSettings._store.values())
+    assert all("correct horse" not in str(v) and token not in str(v) for v in qt.QSettings._store.values())
 
     ui.connectButton.click()  # the token goes with every request
     wait_idle(widget, 60)
-    status = ui.serverStatusLabel.text
-    if not status.startswith("Connected"):
-        # MONAI Label 0.8.5 calls jwt.decode() without `algorithms`, which PyJWT >= 2.0 refuses, so it
-        # answers 401 to every token it issued: the module must say so, not fail obscurely.
-        assert "your login has expired or was refused" in status, status
-        assert 'pass in a value for the "algorithms" argument' in handle.log.read_text(errors="replace")
+    assert ui.serverStatusLabel.text.startswith("Connected: AFLoc Label"), ui.serverStatusLabel.text
+    add_volume(slicer, phantom_pixels(81), "chest")
+    harness.answer_dialog(qt.QMessageBox.Yes, checkbox=False)
+    status = run_prompts(widget, "pneumothorax")
+    assert status.startswith("Draft ready") and "(image uploaded)" in status, status
+    ui.acceptButton.click()
+    wait_idle(widget, 60)
+    assert ui.statusLabel.text.startswith("Saved on the server as the final label"), ui.statusLabel.text
+
+    ui.tokenEdit.text = token[:-4] + "AAAA"  # a token the server cannot verify
+    harness.answer_dialog(qt.QMessageBox.Yes, checkbox=False)
+    status = run_prompts(widget, "atelectasis")
+    assert "your login has expired or was refused" in status, status
 
 
 # --------------------------------------------------------------------------------------------

@@ -217,13 +217,17 @@ class AFLocClient:
         try:
             response = self.transport.request(
                 "POST", "/auth/token", body=body.encode("utf-8"),
-                content_type="application/x-www-form-urlencoded", cancel=cancel,
+                content_type="application/x-www-form-urlencoded", cancel=cancel, ok_statuses=(400, 401, 403),
             )
         except ServerError as exc:
-            # MONAI Label passes the identity provider's refusal on as an HTTP error.
+            # Stock MONAI Label passes the identity provider's refusal on as a bare HTTP 500.
             raise AuthenticationRequiredError(
                 self.url, f"the server refused the user name or password (HTTP {exc.status})"
             ) from None
+        if response.status in (400, 401, 403):
+            raise AuthenticationRequiredError(
+                self.url, f"the server refused the user name or password (HTTP {response.status})"
+            )
         reply = response.json()
         token = reply.get("access_token") if isinstance(reply, dict) else None
         if not token:
