@@ -348,3 +348,22 @@ def test_findings_of_a_report_in_a_real_datastore(tmp_path):
     ]
     with pytest.raises(BadRequestError):
         findings_reply(store, "../etc/passwd")
+
+
+@needs_node
+def test_panel_error_messages_name_the_problem():
+    """What the panel shows for the server's error replies, and for a server that is not there."""
+    got = _node(
+        "(async () => {"
+        "const reply = (status, body) => new Response(JSON.stringify(body), {status, headers: {'content-type': 'application/json'}});"
+        "const out = {};"
+        "out.model = await panel.replyError(reply(503, {detail: 'no AFLoc checkpoint is served yet: run scripts/build_demo.py', error: 'ModelUnavailableError'}), 'localizing');"
+        "out.prompt = await panel.replyError(reply(400, {detail: 'prompt is empty', error: 'BadRequestError'}), 'localizing');"
+        "out.server = await panel.replyError(new Response('boom', {status: 500}), 'localizing');"
+        "try { await panel.request('http://127.0.0.1:9/infer/afloc', {method: 'POST'}, 'localizing'); } catch (e) { out.down = e.message; }"
+        "console.log(JSON.stringify(out)); })();"
+    )
+    assert got["model"] == "The AFLoc model is not available: no AFLoc checkpoint is served yet: run scripts/build_demo.py"
+    assert got["prompt"] == "The server refused (localizing): prompt is empty"
+    assert got["server"].startswith("Localizing failed on the server (HTTP 500)")
+    assert got["down"].startswith("Cannot reach the AFLoc server (localizing): is it running?")

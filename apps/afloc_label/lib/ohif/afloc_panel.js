@@ -312,7 +312,7 @@
     if (reply.status === 503) return 'The AFLoc model is not available: ' + detail;
     if (reply.status === 404 && /model/i.test(detail)) return 'The server has no AFLoc model: ' + detail;
     if (reply.status >= 400 && reply.status < 500) return 'The server refused (' + what + '): ' + (detail || 'HTTP ' + reply.status);
-    return what + ' failed on the server (HTTP ' + reply.status + ')' + (detail ? ': ' + detail : '');
+    return what.charAt(0).toUpperCase() + what.slice(1) + ' failed on the server (HTTP ' + reply.status + ')' + (detail ? ': ' + detail : '');
   }
 
   async function request(url, options, what) {
@@ -869,6 +869,8 @@
     parseNifti: parseNifti,
     combinedLabel: combinedLabel,
     fnv1a: fnv1a,
+    replyError: replyError,
+    request: request,
     colormap: function () { return Array.from(LUT); },
     /** What the panel holds now (for the e2e test; pixels on screen are checked separately). */
     snapshot: function () {
