@@ -323,3 +323,72 @@ def test_binding_beyond_loopback_needs_an_explicit_opt_in(afloc_server, tmp_path
     assert process.returncode != 0, text[-2000:]
     assert "refusing to listen on 0.0.0.0" in text and "allow_remote" in text, text[-2000:]
     assert "Uvicorn running" not in text
+
+
+# ------------------------------------------------------------------ the pure parts, without a server
+@pytest.fixture(scope="module")
+def app_lib():
+    sys.path.insert(0, str(APP_DIR))
+    try:
+        import lib.route_guard
+        import lib.route_policy
+        import lib.security
+        import lib.session_guard
+
+        yield lib
+    finally:
+        sys.path.remove(str(APP_DIR))
+
+
+def test_route_policy_conf_keys(app_lib):
+    from afloc_models.errors import ConfigError
+
+    policy = app_lib.route_policy.RoutePolicy
+    assert policy.from_conf({}).refusal("POST", "/infer/afloc") is None
+    assert policy.from_conf({"enable_routes": "sessions"}).refusal("PUT", "/session/") is None
+    assert policy.from_conf({"disable_routes": "train"}).refusal("POST", "/train/afloc_train")[0] == 403
+    assert policy.from_conf({"enable_routes": "all"}).refusal("PUT", "/model/afloc")[0] == 405
+    with pytest.raises(ConfigError, match="nonsense"):
+        policy.from_conf({"enable_routes": "logs,nonsense"})
+
+
+def test_report_redaction_and_json_depth(app_lib):
+    import logging
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "params: %s", ('{"report": "Jane Roe \\"x\\" 1", "a": 1}',), None)
+    app_lib.security.ReportRedactor().filter(record)
+    assert "Jane" not in record.getMessage() and '"a": 1' in record.getMessage()
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", ({"report": "Jane Roe's note"},), None)
+    app_lib.security.ReportRedactor().filter(record)
+    assert "Jane" not in record.getMessage()
+    assert app_lib.route_guard.json_depth('{"a": "[[[[", "b": [[{}]]}') == 4
+
+
+def test_zip_members_outside_the_folder_are_refused(app_lib):
+    import zipfile
+
+    from lib.errors import BadRequestError
+
+    for member in ("../evil.txt", "/abs.txt", "a/../../b.txt"):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(member, "x")
+        with pytest.raises(BadRequestError, match="outside"):
+            app_lib.session_guard.check_archive(buffer, "a.zip")
+    link = io.BytesIO()
+    with tarfile.open(fileobj=link, mode="w") as archive:
+        info = tarfile.TarInfo("escape")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(info)
+    with pytest.raises(BadRequestError, match="refused"):
+        app_lib.session_guard.check_archive(link, "a.tar")
+
+
+def test_bind_address_is_read_from_the_command_line(app_lib):
+    bind = app_lib.security.bind_address
+    assert bind(["monailabel", "start_server", "--app", "a"]) == "0.0.0.0"  # MONAI Label's default
+    assert bind(["monailabel", "start_server", "-i", "127.0.0.1"]) == "127.0.0.1"
+    assert bind(["pytest"]) is None
+    with pytest.raises(Exception, match="allow_remote"):
+        app_lib.security.check_bind_address({}, ["m", "start_server", "--host", "10.1.2.3"])
+    assert app_lib.security.check_bind_address({}, ["m", "start_server", "--host", "::1"]) == "::1"

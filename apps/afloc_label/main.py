@@ -41,6 +41,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -193,9 +194,12 @@ class AFLocLabelApp(MONAILabelApp):
         request's own query names the session holding it, or when it is a temporary upload file
         written during this request (see ``lib.route_guard.current_request``).
         """
-        facts = route_guard.current_request()
-        if facts is None or not os.path.isabs(path) or not os.path.exists(path):
+        if not os.path.isabs(path) or not os.path.exists(path):
             return False
+        facts = route_guard.current_request()
+        if facts is None:  # the request's context was lost (e.g. a thread pool that does not copy it)
+            logger.warning("no request context for an uploaded image: accepting only a temp file from the last minute")
+            facts = route_guard.RequestFacts(image=None, session_id=None, started=time.time() - 60.0)
         real = Path(path).resolve()
         if facts.session_id:
             sessions = self.sessions()
