@@ -104,6 +104,12 @@ class DataConfig:
     #: Training reads JPEGs at the smallest DCT scale that still covers ``resize`` (Pillow's
     #: draft mode): several times faster on radiograph-sized files (benchmarks/train_throughput.py).
     jpeg_draft: bool = True
+    #: Probability that a training image gets a radiograph-like variation (exposure, gamma, noise,
+    #: blur/sharpening, rotation, zoom, field of view, burned-in text; afloc_training.augment).
+    #: 0 turns augmentation off; validation and inference never augment.
+    augment: float = 0.0
+    #: Of the augmented images, the share also inverted (a MONOCHROME1 file read as MONOCHROME2).
+    augment_invert: float = 0.0
 
     @property
     def inference_size(self) -> int:

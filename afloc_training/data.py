@@ -459,6 +459,14 @@ class PairDataset(Dataset):
         """``[H, W]`` or ``[H, W, 3]`` pixels in [0, 1] -> ``[C, crop, crop]`` normalised tensor."""
         if self.channels == 1 and pixels.ndim == 3:
             pixels = to_grayscale(pixels)
+        if self.train and self.data.augment > 0:
+            # Its own stream, so the crops below stay those of a run without augmentation.
+            variation = np.random.default_rng([self.seed, self.epoch, index, 1])
+            if variation.random() < self.data.augment:
+                from afloc_training.augment import augment_radiograph
+
+                gray = pixels if pixels.ndim == 2 else to_grayscale(pixels)
+                pixels = augment_radiograph(gray, variation, invert=self.data.augment_invert)
         square, _ = letterbox(pixels, self.data.resize)
         size, crop = self.data.resize, self.data.crop
         if self.train:
