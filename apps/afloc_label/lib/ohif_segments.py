@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import quote
 
 import numpy as np
+from afloc_models.imaging import MAX_IMAGE_PIXELS
 
 from lib.errors import BadRequestError, NotFoundError
 from lib.geometry import Geometry, geometry_for, is_dicom_file
@@ -261,7 +262,10 @@ def install(fastapi_app: Any) -> None:
         params: str = Form(""),
         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
     ) -> Dict[str, Any]:
-        data = await label.read()
+        # One byte per pixel: never more than the largest image the reader accepts.
+        data = await label.read(MAX_IMAGE_PIXELS + 1)
+        if len(data) > MAX_IMAGE_PIXELS:
+            raise BadRequestError(f"the label is larger than the largest image ({MAX_IMAGE_PIXELS} pixels)")
         datastore = app_instance().datastore()
         return await run_in_threadpool(save_segments, datastore, image, kind, data, params)
 
