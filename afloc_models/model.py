@@ -15,7 +15,6 @@ crash never leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from afloc_models.atomic import replace_dir
 from afloc_models.config import AFLocConfig, load_config
 from afloc_models.errors import CheckpointError
 from afloc_models.image_encoder import ImageEncoder, ImageFeatures
@@ -149,7 +149,7 @@ class AFLoc(nn.Module):
             (staging / META_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
             if extra_writer is not None:
                 extra_writer(staging)
-            _replace_dir(staging, directory)
+            replace_dir(staging, directory)  # files fsynced, then one atomic swap
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -205,17 +205,6 @@ def load_exact(
     if problems:
         raise CheckpointError(f"weights in '{source}' do not fit this model: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``, replacing an existing folder with a near-atomic swap."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
 
 
 def default_text_model_folder() -> Path:

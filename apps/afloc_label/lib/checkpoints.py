@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from afloc_models.atomic import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointRef", "ModelStore", "checkpoint_problem"]
@@ -140,6 +142,7 @@ class ModelStore:
         except BaseException:
             staging.unlink(missing_ok=True)
             raise
+        fsync_dir(self.model_dir)
         logger.info("published checkpoint %s", run_dir)
         return self._ref(run_dir, "trained")
 

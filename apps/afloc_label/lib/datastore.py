@@ -12,28 +12,44 @@ Differences from the stock datastore:
 - Image ids and label tags that could leave the datastore folder are refused (``lib.ids``).
 - Large labels (heatmaps) can be stored after the reply has gone (:meth:`save_label_soon`);
   readers of such a label wait until it is there.
+- Every write is crash-safe (:mod:`afloc_models.atomic`): the index ``datastore_v2.json``,
+  images and labels are written to a temporary file in the same folder, synced and renamed into
+  place, so a server killed at any moment restarts on the old or the new content, never on an
+  empty index or a half-copied label. Temporary files a killed server left are removed at start.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+from afloc_models.atomic import atomic_copy, atomic_write_text, remove_stale_temp_files
 from afloc_models.imaging import read_image
-from monailabel.datastore.local import LocalDatastore
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from monailabel.interfaces.exception import ImageNotFoundException
 
 from lib.errors import BadRequestError
 from lib.ids import check_image_id, check_tag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AFLocDatastore", "DeferredLabelWrites", "REPORT_KEY", "REPORT_SOURCE_KEY", "datastore_extensions"]
+__all__ = [
+    "AFLocDatastore",
+    "AtomicIndexWrites",
+    "DeferredLabelWrites",
+    "REPORT_KEY",
+    "REPORT_SOURCE_KEY",
+    "datastore_extensions",
+]
 
 #: Image-info key holding an image's report.
 REPORT_KEY = "report"
@@ -121,8 +137,39 @@ class DeferredLabelWrites:
             return self._writer
 
 
-class AFLocDatastore(DeferredLabelWrites, LocalDatastore):
+class AtomicIndexWrites:
+    """Datastore mixin: MONAI Label's index file ``datastore_v2.json`` replaced atomically.
+
+    ``LocalDatastore`` (and the DICOMweb datastore's local cache) rewrites the index in place
+    (``open("w")`` then write): a kill in between leaves it empty or cut short, and the server no
+    longer starts on that folder. Here the whole text goes to a temporary file next to it, which
+    is synced and renamed over the index.
+    """
+
+    def _update_datastore_file(self, lock: bool = True) -> None:
+        text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+
+        def write() -> None:
+            atomic_write_text(self._datastore_config_path, text)
+            # The reload check compares this stamp with the file's: our own write is not a change.
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+
+class AFLocDatastore(DeferredLabelWrites, AtomicIndexWrites, LocalDatastore):
     """A ``LocalDatastore`` whose images may have reports; see the module docstring."""
+
+    def __init__(self, datastore_path: str, *args: Any, **kwargs: Any):
+        labels = Path(datastore_path) / "labels"
+        tag_folders = [p for p in labels.iterdir() if p.is_dir()] if labels.is_dir() else []
+        for stale in remove_stale_temp_files([datastore_path, *tag_folders]):
+            logger.warning("removed %s, left by a write that was interrupted", stale)
+        super().__init__(datastore_path, *args, **kwargs)
 
     # ----------------------------------------------------------------- reports
     def report(self, image_id: str) -> Optional[str]:
@@ -177,7 +224,13 @@ class AFLocDatastore(DeferredLabelWrites, LocalDatastore):
         _check_report(info)
         # Decode once: a broken upload is refused now (ImageReadError -> 422), not at inference.
         read_image(image_filename)
-        return super().add_image(image_id, image_filename, info)
+        name = self._filename(image_id, ext)
+        with FileLock(self._lock_file):
+            atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
+            info.update({"ts": int(time.time()), "name": name})
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         check_image_id(image_id)
@@ -186,9 +239,24 @@ class AFLocDatastore(DeferredLabelWrites, LocalDatastore):
         super().update_image_info(image_id, {k: v for k, v in info.items() if k != REPORT_SOURCE_KEY})
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        """Store ``label_filename`` as ``labels/<tag>/<image id><ext>``; the old label stays whole until the swap."""
         check_image_id(image_id)
         check_tag(label_tag)
-        return super().save_label(image_id, label_filename, label_tag, label_info)
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise ImageNotFoundException(f"Image {image_id} not found")
+        _, ext = self._to_id(os.path.basename(label_filename))
+        folder = self._datastore.label_path(label_tag)
+        name = self._filename(image_id, ext)
+        info = dict(label_info or {})
+        with FileLock(self._lock_file):
+            os.makedirs(folder, exist_ok=True)
+            atomic_copy(label_filename, os.path.join(folder, name))
+            info.update({"ts": int(time.time()), "name": name})
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        logger.info("saved label %s/%s", label_tag, image_id)
+        return image_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         check_image_id(label_id, "label id")

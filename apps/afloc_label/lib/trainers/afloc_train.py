@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from afloc_models.atomic import atomic_write_text
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -274,6 +275,4 @@ class _Progress:
         if status != "RUNNING":
             stats["total_time"] = f"{stats['elapsed_s']:.0f}s"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        staging.write_text(json.dumps(stats, indent=2, default=str), encoding="utf-8")
-        os.replace(staging, self.path)
+        atomic_write_text(self.path, json.dumps(stats, indent=2, default=str))
