@@ -22,7 +22,7 @@ __all__ = ["counterpart", "is_negated", "normalize_text"]
 _PLACEHOLDER = re.compile(r"_{2,}|\[\*\*.*?\*\*\]")
 _DECIMAL_POINT = re.compile(r"(?<=\d)\.(?=\d)")
 _DECIMAL_SENTINEL = "\x01"
-_NON_WORD = re.compile(r"[^a-z0-9\x01]+")
+_NON_WORD = re.compile(r"[^\w\x01]+")
 
 # Negation cues at the start of a normalised text; group "lead" keeps "there is" for the counterpart.
 _NEGATION = re.compile(
@@ -33,17 +33,23 @@ _THERE_IS = re.compile(r"^(?P<lead>there (?:is|are)) (?P<rest>.+)$")
 
 
 def normalize_text(text: str) -> str:
-    """Lowercase ASCII words and numbers separated by single spaces.
+    """Lowercase words (letters and digits of any script) separated by single spaces.
 
-    Accented letters lose their accent ("é" -> "e"), other non-ASCII characters are dropped,
-    de-identification placeholders (``___``) are removed, apostrophes are dropped ("patient's"
-    -> "patients"), every other punctuation mark becomes a space, except the point of a decimal
-    number ("3.5"), which carries meaning a tokeniser can keep.
+    Accented letters lose their accent ("é" -> "e"), letters of other scripts are kept as they are
+    ("右側胸水"), control and other invisible characters become spaces, de-identification
+    placeholders (``___``) are removed, apostrophes are dropped ("patient's" -> "patients"), every
+    other punctuation mark or symbol becomes a space, except the point of a decimal number ("3.5"),
+    which carries meaning a tokeniser can keep.
     """
     if not text:
         return ""
     text = _PLACEHOLDER.sub(" ", text)
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = unicodedata.normalize("NFKD", text)
+    # Combining marks (accents) go; control, format and unassigned code points become spaces, so
+    # the decimal sentinel below can never come from the input.
+    text = "".join(
+        " " if unicodedata.category(c)[0] == "C" else c for c in text if not unicodedata.combining(c)
+    )
     text = text.lower().replace("'", "").replace("`", "")
     text = _DECIMAL_POINT.sub(_DECIMAL_SENTINEL, text)
     text = _NON_WORD.sub(" ", text.replace("_", " ")).replace(_DECIMAL_SENTINEL, ".")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from typing import Any, Optional, Sequence
 
 from afloc_models.errors import PromptError
@@ -85,6 +86,11 @@ def _split_list(value: Any, name: str) -> list[str]:
     raise BadRequestError(f"'{name}' must be a string or a list of strings, got {type(value).__name__}")
 
 
+def _clean(text: str) -> str:
+    """Control and other invisible characters become spaces; runs of whitespace one space."""
+    return " ".join("".join(" " if unicodedata.category(c)[0] == "C" else c for c in text).split())
+
+
 def _dedupe(items: Sequence[str]) -> list[str]:
     seen: set[str] = set()
     kept = []
@@ -99,13 +105,14 @@ def _dedupe(items: Sequence[str]) -> list[str]:
 def parse_prompts(value: Any) -> list[str]:
     """``prompt`` -> up to :data:`MAX_PROMPTS` prompts; ``;`` separates prompts in one string.
 
-    Commas stay inside a prompt ("small, left apical pneumothorax" is one finding). Blank and
-    repeated prompts are dropped; nothing left raises :class:`PromptError`.
+    Commas stay inside a prompt ("small, left apical pneumothorax" is one finding). Control
+    characters become spaces (they must never reach a label file's header). Blank and repeated
+    prompts are dropped; nothing left raises :class:`PromptError`.
     """
     parts: list[str] = []
     for item in _split_list(value, "prompt"):
         parts.extend(p.strip() for p in item.split(";"))
-    prompts = _dedupe([" ".join(p.split()) for p in parts])
+    prompts = _dedupe([_clean(p) for p in parts])
     if not prompts:
         raise PromptError(
             "prompt is empty: describe the finding to localize, e.g. 'pneumothorax'; "
@@ -126,7 +133,7 @@ def parse_findings(value: Any) -> list[str]:
     parts: list[str] = []
     for item in _split_list(value, "findings"):
         parts.extend(p.strip() for chunk in item.split(";") for p in chunk.split(","))
-    findings = _dedupe([" ".join(p.split()) for p in parts])
+    findings = _dedupe([_clean(p) for p in parts])
     if not findings:
         raise PromptError("findings is empty: list findings to score, e.g. 'pneumonia, pleural effusion'")
     if len(findings) > MAX_FINDINGS:

@@ -13,6 +13,7 @@ radiograph is ``[I, J, 1]``: ``I`` runs along image columns, ``J`` along rows.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +239,8 @@ def read_segmentation(path: str | Path) -> Segmentation:
         color = tuple(float(c) for c in fields.get("Color", "1 0 0").split())
         segments.append(
             Segment(
-                name=fields.get("Name", f"Segment_{index + 1}"),
+                # The AFLoc server percent-encodes non-ASCII names (NRRD headers are ASCII).
+                name=urllib.parse.unquote(fields["Name"]) if "Name" in fields else f"Segment_{index + 1}",
                 label_value=int(fields.get("LabelValue", index + 1)),
                 layer=int(fields.get("Layer", 0)),
                 color=color,  # type: ignore[arg-type]
