@@ -24,11 +24,13 @@ every datastore image with a report). Report-driven drafts of the whole datastor
 - ``enable_routes`` / ``disable_routes``: route groups switched on or off (``lib/route_policy.py``).
 - ``cors_origins``: web origins allowed to call the server from a browser (default: none but its own).
 - ``allow_remote``: ``true`` to listen on an address other than loopback (refused otherwise).
+- ``infer_workers`` / ``infer_queue``: inference requests run at once (default 1) and waiting
+  (default 4) in the worker pool; more get 429 with ``Retry-After`` (``lib.offload``).
 - ``auth_algorithms``: token signature algorithms with ``MONAI_LABEL_AUTH_ENABLE`` (default ``RS256``).
 
 Importing this module inside the server also installs JSON error replies on MONAI Label's
 FastAPI app (``lib.http_errors``), a check that ``params`` is a JSON object (``lib.params_guard``),
-the route checks (``lib.route_guard``, ``lib.session_guard``), CORS, authentication, bind and log
+worker pools for the heavy routes (``lib.offload``), the route checks (``lib.route_guard``, ``lib.session_guard``), CORS, authentication, bind and log
 settings (``lib.security``; see ``docs/security.md``) and, when the ``lib/ohif_*.py`` modules exist,
 the OHIF static-file fix and the AFLoc panel's endpoints.
 """
@@ -77,11 +79,11 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: E402
 from monailabel.interfaces.tasks.strategy import Strategy  # noqa: E402
 from monailabel.interfaces.tasks.train import TrainTask  # noqa: E402
 
-from lib import drafting, http_errors, params_guard, route_guard, security, session_guard  # noqa: E402
+from lib import drafting, http_errors, offload, params_guard, route_guard, security, session_guard  # noqa: E402
 from lib.checkpoints import ModelStore  # noqa: E402
 from lib.datastore import AFLocDatastore, datastore_extensions  # noqa: E402
 from lib.dicomweb_datastore import adopt  # noqa: E402
-from lib.errors import NotFoundError  # noqa: E402
+from lib.errors import BadRequestError, NotFoundError  # noqa: E402
 from lib.ids import check_image_id  # noqa: E402
 from lib.infers import AFLocClassifyTask, AFLocLocalizeTask  # noqa: E402
 from lib.params import parse_bool  # noqa: E402
@@ -186,6 +188,14 @@ class AFLocLabelApp(MONAILabelApp):
             request["save_draft"] = True  # the task refuses to store it under 'final'
         return super().infer(request, datastore)
 
+    def batch_infer(self, request: Dict[str, Any]) -> Any:
+        _refuse_in_server("batch inference", "POST /batch/infer/<model> without run_sync")
+        return super().batch_infer(request)
+
+    def scoring(self, request: Dict[str, Any]) -> Any:
+        _refuse_in_server("scoring", "POST /scoring/<method> without run_sync")
+        return super().scoring(request)
+
     # ----------------------------------------------------------------- helpers
     def _is_server_upload(self, path: str) -> bool:
         """Whether ``path`` is a file MONAI Label itself saved for this request (upload or session).
@@ -213,6 +223,17 @@ class AFLocLabelApp(MONAILabelApp):
             self.served.get()
         except Exception as exc:  # the first request will report it with a proper status
             logger.warning("could not preload the AFLoc model: %s", exc)
+
+
+def _refuse_in_server(work: str, instead: str) -> None:
+    """Refuse ``run_sync=true``: long work inside the server process blocks every client.
+
+    MONAI Label runs a ``run_sync`` request on the server's event loop, where it stalls all other
+    requests and keeps the server from acting on SIGTERM until it ends. Without ``run_sync``
+    the same work runs in a subprocess that can be stopped (``DELETE /train/``).
+    """
+    if "monailabel.app" in sys.modules:  # the HTTP server; subprocesses never load it
+        raise BadRequestError(f"run_sync is not supported for {work}: it would block the server; use {instead}")
 
 
 def _path(value: Optional[str]) -> Optional[Path]:
@@ -253,6 +274,7 @@ def _install_server_hooks() -> None:
         return  # a training subprocess or a script: no HTTP server here
     http_errors.install(fastapi_app)
     params_guard.install(fastapi_app)
+    offload.install(fastapi_app, settings.MONAI_LABEL_APP_CONF)
     drafting.install(fastapi_app, lambda: _app_instance().draft_job)
     # The OHIF viewer's static-file fix and the AFLoc panel's endpoints (POST /afloc/segments,
     # GET /afloc/findings).
