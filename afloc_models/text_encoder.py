@@ -167,7 +167,11 @@ class TokenCache:
         self._rows: dict[bytes, torch.Tensor] = {}
 
     def lookup(self, tokens: TokenizedReports, body: Callable[[TokenizedReports], torch.Tensor]) -> torch.Tensor:
-        """Embeddings ``[B, T, H]`` of ``tokens``; rows not cached yet go through ``body`` at once."""
+        """Embeddings ``[B, T, H]`` of ``tokens``; rows not cached yet go through ``body`` one report at a time.
+
+        Every row, cached or not, is computed the same way (alone, unpadded), so a run with the
+        cache and one without (``max_bytes=0``) feed the model bit-identical embeddings.
+        """
         lengths = tokens.attention_mask.sum(dim=1).tolist()
         ids = tokens.input_ids.cpu().numpy()
         keys = [ids[i, :n].tobytes() for i, n in enumerate(lengths)]
@@ -175,21 +179,36 @@ class TokenCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         fresh: dict[int, torch.Tensor] = {}
-        if missing:
-            index = torch.tensor(missing, device=tokens.input_ids.device)
-            computed = body(tokens.select(index))  # [M, T, H]
-            for row, i in enumerate(missing):
-                fresh[i] = computed[row, : lengths[i]]
-                size = fresh[i].numel() * fresh[i].element_size()
-                if self.bytes + size <= self.max_bytes:
-                    self._rows[keys[i]] = fresh[i].detach().clone()
-                    self.bytes += size
+        for i in missing:
+            # Each report alone, at its own length: its embeddings then do not depend on which
+            # reports share its batch or how far they pad it (batched matrix products round
+            # differently with the shapes), so cached and recomputed rows are bit-identical.
+            fresh[i] = body(_one_report(tokens, i, lengths[i]))[0]  # [T_i, H]
+            size = fresh[i].numel() * fresh[i].element_size()
+            if self.bytes + size <= self.max_bytes:
+                self._rows[keys[i]] = fresh[i].detach().clone()
+                self.bytes += size
         first = fresh[missing[0]] if missing else self._rows[keys[0]]
         out = first.new_zeros(len(keys), tokens.input_ids.shape[1], first.shape[-1])
         # Pad positions stay zero: no word takes tokens from them (token_word is -1 there).
         for i, key in enumerate(keys):
             out[i, : lengths[i]] = fresh[i] if i in fresh else self._rows[key]
         return out
+
+
+def _one_report(tokens: TokenizedReports, row: int, length: int) -> TokenizedReports:
+    """Report ``row`` of ``tokens`` as a batch of one, its padding cut off (``length`` real tokens)."""
+    index = torch.tensor([row], device=tokens.input_ids.device)
+    single = tokens.select(index)
+    return TokenizedReports(
+        input_ids=single.input_ids[:, :length],
+        attention_mask=single.attention_mask[:, :length],
+        token_word=single.token_word[:, :length],
+        word_sentence=single.word_sentence,
+        n_words=single.n_words,
+        n_sentences=single.n_sentences,
+        words=single.words,
+    )
 
 
 def merge_words(token_emb: torch.Tensor, token_word: torch.Tensor, n_words: int) -> torch.Tensor:
