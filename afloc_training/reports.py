@@ -2,7 +2,7 @@
 
 The pipeline follows the AFLoc publication, which in turn follows GLoRIA: keep the FINDINGS and
 IMPRESSION sections when the report has them, split into sentences, lowercase, drop punctuation and
-non-ASCII characters, collapse whitespace. Sentences are what the text encoder sees one by one, so
+accents, collapse whitespace. Sentences are what the text encoder sees one by one, so
 the splitter is careful not to break decimals ("3.5 cm") or abbreviations ("e.g.") and to split
 numbered impression lists ("1. ... 2. ...") into separate items.
 
@@ -288,7 +288,7 @@ def split_sentences(text: str) -> list[str]:
 # --- normalisation --------------------------------------------------------------------------------
 
 def normalise_sentence(sentence: str) -> str:
-    """Lowercase ASCII words and numbers; see :func:`afloc_models.text_normalization.normalize_text`,
+    """Lowercase words and numbers; see :func:`afloc_models.text_normalization.normalize_text`,
     which prompts go through too, so a prompt looks like a training sentence."""
     return normalize_text(sentence)
 

@@ -54,8 +54,16 @@ _NRRD_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 def nrrd_header_value(text: str) -> str:
-    """``text`` as an ASCII NRRD header value: non-printable-ASCII characters and ``%`` percent-encoded (UTF-8)."""
-    return urllib.parse.quote(text, safe=_NRRD_SAFE)
+    """``text`` as an ASCII NRRD header value: non-printable-ASCII characters and ``%`` percent-encoded (UTF-8).
+
+    Spaces at either end are encoded too: NRRD readers strip them from values.
+    """
+    encoded = urllib.parse.quote(text, safe=_NRRD_SAFE)
+    core = encoded.strip(" ")
+    if core == encoded:
+        return encoded
+    start = encoded.index(core) if core else len(encoded)
+    return "%20" * start + core + "%20" * (len(encoded) - start - len(core))
 
 
 def nrrd_header_text(value: str) -> str:
@@ -64,8 +72,9 @@ def nrrd_header_text(value: str) -> str:
 
 
 def dicom_text(text: str, max_chars: int = _DICOM_LABEL_MAX_CHARS, fallback: str = "finding") -> str:
-    """``text`` fit for a DICOM LO element: control characters replaced by spaces, at most ``max_chars``."""
-    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") else c for c in text)
+    """``text`` fit for a DICOM LO element: invisible characters replaced by spaces, at most ``max_chars``."""
+    # Control, format, private-use and unassigned code points (category C*) and line separators.
+    cleaned = "".join(" " if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") else c for c in text)
     cleaned = " ".join(cleaned.split())[:max_chars].strip()
     return cleaned or fallback
 
