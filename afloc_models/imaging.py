@@ -42,7 +42,9 @@ from PIL import Image, UnidentifiedImageError
 from afloc_models.errors import ImageReadError
 
 __all__ = [
+    "MAX_DECODED_BYTES",
     "MAX_IMAGE_PIXELS",
+    "MAX_INFLATED_DICOM_BYTES",
     "MAX_IMAGE_SIDE",
     "MIN_IMAGE_SIDE",
     "LoadedImage",
@@ -52,11 +54,16 @@ __all__ = [
     "to_grayscale",
 ]
 
-# A side longer than this, or more pixels than MAX_IMAGE_PIXELS, is refused before decoding: the
-# float32 copy of a 16384 x 16384 image already takes 1 GiB. With the default side limit the pixel
-# limit cannot be reached (16384**2 < 2.7e8); it still bounds memory if the side limit is raised.
+# A side longer than this, or more pixels than MAX_IMAGE_PIXELS (8192 x 8192; the largest
+# radiograph detectors are about 4300 x 4300), is refused before decoding: these limits, with
+# MAX_DECODED_BYTES below, bound what one image may cost in memory (its float32 copy: 256 MiB).
 MAX_IMAGE_SIDE = 16384
-MAX_IMAGE_PIXELS = 270_000_000
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+# Bytes the decoded (stored) pixel data may take, computed from the header before decoding
+# (rows x columns x frames x samples x bytes per sample), and the most a deflated DICOM dataset
+# may inflate to (checked by streaming, before pydicom inflates it whole in memory).
+MAX_DECODED_BYTES = 256 * 1024 * 1024
+MAX_INFLATED_DICOM_BYTES = MAX_DECODED_BYTES + 16 * 1024 * 1024
 # Below this the letterbox and the encoders' downsampling have nothing left to work with.
 MIN_IMAGE_SIDE = 16
 
@@ -207,6 +214,61 @@ def _check_size(path: Path, rows: int, cols: int) -> None:
         )
 
 
+def _check_decoded_bytes(path: Path, nbytes: int) -> None:
+    """Refuse pixel data whose decoded size (from the header) exceeds :data:`MAX_DECODED_BYTES`."""
+    if nbytes > MAX_DECODED_BYTES:
+        raise ImageReadError(
+            path,
+            f"decoded pixel data would take {nbytes} bytes; the limit is {MAX_DECODED_BYTES} bytes "
+            "(MAX_DECODED_BYTES)",
+        )
+
+
+_DEFLATED_SYNTAX = "1.2.840.10008.1.2.1.99"
+_INFLATE_CHUNK = 1 << 20
+
+
+def _check_deflated_size(path: Path) -> None:
+    """For a Deflated Explicit VR DICOM, count what the dataset inflates to before pydicom does.
+
+    pydicom inflates the whole dataset in memory while reading; a few hundred kilobytes can
+    inflate to gigabytes. The stream is inflated here chunk by chunk (constant memory) and the
+    file refused once it passes :data:`MAX_INFLATED_DICOM_BYTES`. Files that are not deflated, or
+    whose header cannot be read, are left to the normal reader.
+    """
+    import zlib
+
+    try:
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+
+        with path.open("rb") as handle:
+            read_preamble(handle, True)
+            meta = _read_file_meta_info(handle)
+            if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_SYNTAX:
+                return
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            total = 0
+            while True:
+                chunk = handle.read(_INFLATE_CHUNK)
+                if not chunk:
+                    break
+                while chunk:
+                    total += len(inflater.decompress(chunk, _INFLATE_CHUNK))
+                    chunk = inflater.unconsumed_tail
+                    if total > MAX_INFLATED_DICOM_BYTES:
+                        raise ImageReadError(
+                            path,
+                            f"deflated DICOM dataset inflates to more than {MAX_INFLATED_DICOM_BYTES} "
+                            "bytes (MAX_INFLATED_DICOM_BYTES); refused before decoding",
+                        )
+                if inflater.eof:
+                    break
+    except ImageReadError:
+        raise
+    except Exception:  # unreadable header or stream: the normal reader reports it
+        return
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -281,6 +343,7 @@ def _read_dicom(path: Path) -> _Decoded:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _check_deflated_size(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -306,6 +369,9 @@ def _read_dicom(path: Path) -> _Decoded:
             path,
             f"DICOM holds {frames} frames (a volume or cine); only single 2D images are supported",
         )
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    _check_decoded_bytes(path, rows * cols * max(frames, 1) * max(samples, 1) * max(1, (bits + 7) // 8))
     _ensure_transfer_syntax(ds)
     _require_decoder(path, ds)
 
@@ -529,6 +595,7 @@ def _read_pillow(path: Path, draft_side: Optional[int] = None) -> _Decoded:
                     path, f"{fmt} file holds {frames} frames; only single 2D images are supported"
                 )
             _check_size(path, rows, cols)
+            _check_decoded_bytes(path, rows * cols * max(1, len(image.getbands())) * (2 if "16" in image.mode else 1))
             if draft_side and image.format == "JPEG" and image.mode in ("L", "RGB"):
                 image.draft(image.mode, (draft_side, draft_side))
             try:
@@ -602,6 +669,7 @@ def _read_nifti(path: Path) -> _Decoded:
             "only 2D images (X x Y or X x Y x 1) are supported",
         )
     _check_size(path, shape[1], shape[0])
+    _check_decoded_bytes(path, shape[0] * shape[1] * int(image.get_data_dtype().itemsize))
     try:
         data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, ValueError, gzip.BadGzipFile) as exc:
@@ -640,6 +708,7 @@ def _read_npy(path: Path) -> _Decoded:
         raise ImageReadError(path, f".npy array has non-numeric dtype {data.dtype}")
     data = _as_image_array(path, data, ".npy array")
     _check_size(path, int(data.shape[0]), int(data.shape[1]))
+    _check_decoded_bytes(path, int(data.nbytes))
     pixels = _scale_array(np.array(data))
     return _Decoded(pixels=pixels, spacing=None, source="npy")
 

@@ -412,12 +412,50 @@ def test_huge_images_are_refused_before_decoding(tmp_path, monkeypatch):
     Image.new("L", (imaging.MAX_IMAGE_SIDE + 1, 16)).save(tmp_path / "long.png")
     with pytest.raises(ImageReadError, match=r"16x16385 pixels; the limit is 16384"):
         read_image(tmp_path / "long.png")
-    # A sparse .npy whose header alone says 16384 x 16384: allowed by default, refused (from the
-    # header, without reading 268 MB) once the pixel limit is lower.
+    # A sparse .npy whose header alone says 16384 x 16384: refused from the header, without
+    # reading its 268 MB, by the pixel limit (8192 x 8192 by default).
     np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.uint8, shape=(16384, 16384)).flush()
-    monkeypatch.setattr(imaging, "MAX_IMAGE_PIXELS", 200_000_000)
-    with pytest.raises(ImageReadError, match=r"268435456 pixels; the limit is 200000000 pixels"):
+    with pytest.raises(ImageReadError, match=r"268435456 pixels; the limit is 67108864 pixels"):
         read_image(tmp_path / "big.npy")
+    # Within the pixel limit, but 8 bytes a pixel: refused by the decoded-size limit.
+    np.lib.format.open_memmap(tmp_path / "wide.npy", mode="w+", dtype=np.float64, shape=(6000, 6000)).flush()
+    with pytest.raises(ImageReadError, match=r"288000000 bytes; the limit is 268435456 bytes"):
+        read_image(tmp_path / "wide.npy")
+
+
+def test_deflated_dicom_bomb_is_refused_before_inflating(tmp_path):
+    """A small deflated DICOM whose dataset inflates past the limit never reaches pydicom's inflate."""
+    import tracemalloc
+    import zlib
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
+    meta.ImplementationClassUID = "1.2.3.4.5"
+    ds = Dataset()
+    ds.file_meta = meta
+    # Explicit VR little endian: (0010,0010) PN, then an OB element of 300 MB of zeros, deflated.
+    body = b"\x10\x00\x10\x00PN\x04\x00TEST" + b"\xe0\x7f\x10\x00OB\x00\x00" + (300 << 20).to_bytes(4, "little")
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = packer.compress(body) + b"".join(packer.compress(bytes(1 << 20)) for _ in range(300)) + packer.flush()
+    path = tmp_path / "bomb.dcm"
+    with path.open("wb") as handle:
+        handle.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(handle, meta)
+        handle.write(deflated)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageReadError, match=r"inflates to more than"):
+            read_image(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"peak {peak} bytes while refusing"
 
 
 def test_imaging_does_not_import_torch():
