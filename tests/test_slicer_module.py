@@ -678,3 +678,21 @@ def test_extension_hygiene():
     assert "it asks no consent" not in docs and "MONAILabel/showImageDataSendWarning" in docs
     assert "re-imports\n`AFLoc.py` only" in docs or "re-imports `AFLoc.py` only" in docs
     assert "## What the tests cannot prove" in docs
+
+
+def test_training_start_and_stop_from_the_panel(module, standin, afloc_server_url):
+    _, widget = module
+    ui = widget.ui
+    ui.serverUrlEdit.text = afloc_server_url
+    ui.trainButton.click()
+    assert widget._busy("train") and not ui.trainButton.enabled and ui.stopTrainButton.enabled
+    harness.pump_until(lambda: "Training running" in ui.trainStatusLabel.text or not widget._busy("train"),
+                       120, "training to run")
+    assert "Training running" in ui.trainStatusLabel.text, ui.trainStatusLabel.text
+    ui.stopTrainButton.click()
+    wait_idle(widget, 60)
+    assert ui.trainStatusLabel.text == "Training stopped.", ui.trainStatusLabel.text
+    assert ui.trainButton.enabled and not ui.stopTrainButton.enabled
+    from AFLocLib import AFLocClient
+
+    assert AFLocClient(afloc_server_url).training_status().status == "STOPPED"
