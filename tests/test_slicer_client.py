@@ -2,7 +2,8 @@
 
 Slicer itself cannot run here, so the tests cover what the module's buttons run (AFLocLib), with
 ``.seg.nrrd`` results checked through ``slicerio`` (an independent reader), and check that the
-Slicer-side file stays a thin layer over it. Servers come from ``tests/conftest.py``.
+Slicer-side file stays a thin layer over it. Servers come from ``tests/conftest.py``. The module
+file itself runs in ``tests/test_slicer_module.py``, inside a stand-in of Slicer's Python API.
 """
 
 from __future__ import annotations

@@ -696,3 +696,22 @@ def test_training_start_and_stop_from_the_panel(module, standin, afloc_server_ur
     from AFLocLib import AFLocClient
 
     assert AFLocClient(afloc_server_url).training_status().status == "STOPPED"
+
+
+def test_cancel_stops_the_run(module, standin, afloc_server_url):
+    slicer, qt, _ = standin
+    _, widget = module
+    widget.ui.serverUrlEdit.text = afloc_server_url
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    add_volume(slicer, phantom_pixels(91), "chest")
+    widget.ui.segmentationSelector.setCurrentNode(seg)
+    harness.answer_dialog(qt.QMessageBox.Yes, checkbox=False)
+    widget.ui.promptCombo.setEditText("pneumothorax")
+    widget.ui.runButton.click()
+    assert widget.ui.cancelButton.enabled
+    widget.ui.cancelButton.click()
+    wait_idle(widget, 30)
+    assert widget.ui.statusLabel.text == "run was cancelled"
+    assert segment_names(seg) == [] and widget.draft is None and widget.ui.runButton.enabled
+    assert not list(Path(widget.logic.workDir()).glob("input-*"))
+    assert not any("cancelled" in d["text"] for d in harness.shown_dialogs())  # no error dialog for a cancel
