@@ -71,6 +71,7 @@ def make_client(url: str) -> Any:
             "reading from a DICOMweb server needs the 'dicomweb-client' and 'highdicom' packages: "
             "pip install 'afloc-label[server]'"
         ) from None
+    logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # one INFO line per HTTP request otherwise
     user, password = os.environ.get("AFLOC_DICOMWEB_USER"), os.environ.get("AFLOC_DICOMWEB_PASSWORD")
     session = create_session_from_user_pass(user, password) if user and password else None
     return DICOMwebClient(url=url.rstrip("/"), session=session)
@@ -300,6 +301,6 @@ def load_dicomweb_pairs(
         report = reports.lookup(study_uid) if study_uid else reports.for_series(series_uid)
         return report.text, report.reason()
 
-    pairs = dicomweb_pairs(series, report_of, cache.folder, url)
+    pairs = dicomweb_pairs(series, report_of, lambda series_uid, study_uid: cache.folder(study_uid, series_uid), url)
     logger.info("%s (%d series downloaded, the rest from cache '%s')", pairs.summary(), cache.downloads, cache.root)
     return pairs

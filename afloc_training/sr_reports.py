@@ -40,6 +40,7 @@ __all__ = [
     "choose_report",
     "make_report_sr",
     "read_sr",
+    "report_sections",
     "report_text",
 ]
 
@@ -360,6 +361,30 @@ def _uid_name(uid: str) -> str:
 
 
 # ------------------------------------------------------------------------------ writing
+def report_sections(text: str) -> list[tuple[str, str]]:
+    """A free-text report split at its section labels, for writing it as an SR.
+
+    ``(heading, text)`` in order: the label in capitals ("FINDINGS", "IMPRESSION",
+    "INDICATION", ...; "IMPRESSIONS"/"CONCLUSION" become "IMPRESSION"), "" for text before the
+    first label. A report without labels is one ``("", text)`` section.
+    """
+    from afloc_training.reports import _find_headers
+
+    text = (text or "").replace("\r\n", "\n").strip()
+    headers = _find_headers(text)
+    sections = []
+    if not headers or headers[0][0] > 0:
+        head = text[: headers[0][0] if headers else len(text)].strip()
+        if head:
+            sections.append(("", head))
+    for index, (_, end, name) in enumerate(headers):
+        stop = headers[index + 1][0] if index + 1 < len(headers) else len(text)
+        body = text[end:stop].strip()
+        if body:
+            sections.append((_HEADINGS.get(name, name.upper()), body))
+    return sections
+
+
 #: Document titles and section concepts used by :func:`make_report_sr`.
 REPORT_TITLE = ("18748-4", "LN", "Diagnostic imaging report")
 ADDENDUM_TITLE = ("55107-7", "LN", "Addendum")

@@ -8,6 +8,12 @@
   ``ImagerPixelSpacing`` of :data:`DX_SPACING_MM`, patient orientation ``L\\F``. Its UIDs are
   derived from the seed, so writing it again gives the same instance (an upload to Orthanc is
   then a no-op, not a duplicate study).
+- ``cr_chest_RG1_report.dcm`` and ``dx_phantom_report.dcm``: a final report as a DICOM
+  Comprehensive SR (written with highdicom) in the study of each image, so the server reads the
+  reports from the PACS (``GET /datastore/image/info`` shows them; training and drafting use
+  them). The phantom's report is the one it was drawn with (FINDINGS / IMPRESSION sections);
+  the real CR comes without a report, so its SR says only that no findings are stated (it
+  drafts nothing).
 
 Usage: ``python scripts/make_ohif_demo_dicoms.py OUT_DIR [--seed N] [--size PX]``; prints the
 written paths, one a line.
@@ -27,10 +33,25 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["CR_NAME", "DX_NAME", "DX_SPACING_MM", "find_pydicom_data_file", "write_demo_cr", "write_demo_dx", "main"]
+__all__ = [
+    "CR_NAME",
+    "CR_REPORT",
+    "DX_NAME",
+    "DX_SPACING_MM",
+    "find_pydicom_data_file",
+    "write_demo_cr",
+    "write_demo_dx",
+    "write_report_sr",
+    "main",
+]
 
 CR_NAME = "cr_chest_RG1.dcm"
 DX_NAME = "dx_phantom.dcm"
+#: The demo CR's SR text: the public test image has no known findings, so none are stated.
+CR_REPORT = (
+    "IMPRESSION:\nFrontal chest radiograph from the pydicom-data test set. Its clinical findings are "
+    "not known, so this demo report states none."
+)
 #: Field of view the phantoms assume (400 mm, see ``afloc_training.phantoms``) over the default 1024 px.
 DX_FIELD_OF_VIEW_MM = 400.0
 DX_SPACING_MM = DX_FIELD_OF_VIEW_MM / 1024
@@ -140,13 +161,43 @@ def write_demo_dx(out_dir: Path, seed: int = 5, size: int = 1024) -> Path:
     return target
 
 
+def write_report_sr(image_file: Path, report: str, out_file: Path, kind: str = "comprehensive") -> Path:
+    """Write ``report`` (free text with FINDINGS / IMPRESSION labels) as a final SR in the study of
+    ``image_file``, with UIDs derived from the image's, so writing it again gives the same instance."""
+    import datetime as dt
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from afloc_training.sr_reports import make_report_sr, report_sections
+
+    image = pydicom.dcmread(str(image_file), stop_before_pixels=True)
+    uid = lambda kind_: generate_uid(entropy_srcs=["afloc-demo-report", str(image.SOPInstanceUID), kind_])  # noqa: E731
+    document = make_report_sr(
+        image, report_sections(report), kind=kind, final=True, content_datetime=dt.datetime(2024, 1, 1, 13, 0),
+        series_instance_uid=uid("series"), sop_instance_uid=uid("instance"),
+    )  # fmt: skip
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    document.save_as(str(out_file))
+    return out_file
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=5, help="phantom seed of the DX image")
     parser.add_argument("--size", type=int, default=1024, help="DX image size in pixels")
     args = parser.parse_args(argv)
-    for path in (write_demo_cr(args.out_dir), write_demo_dx(args.out_dir, args.seed, args.size)):
+    import pydicom
+
+    cr, dx = write_demo_cr(args.out_dir), write_demo_dx(args.out_dir, args.seed, args.size)
+    dx_report = str(pydicom.dcmread(str(dx), stop_before_pixels=True).ImageComments)  # the phantom's report
+    reports = (
+        write_report_sr(cr, CR_REPORT, Path(args.out_dir) / "cr_chest_RG1_report.dcm"),
+        write_report_sr(dx, dx_report, Path(args.out_dir) / "dx_phantom_report.dcm"),
+    )
+    for path in (cr, dx, *reports):
         print(path)
     return 0
 

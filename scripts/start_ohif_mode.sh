@@ -4,14 +4,15 @@
 # http://127.0.0.1:8000/ohif/ once it says so. Ctrl-C stops both.
 #
 # Usage: bash scripts/start_ohif_mode.sh [--port 8000] [--orthanc-port 8042] [--workdir runs/ohif]
-#                                        [--checkpoint DIR] [--dicom FILE_OR_DIR]... [--no-demo]
+#                                        [--checkpoint DIR] [--model-dir DIR] [--dicom FILE_OR_DIR]... [--no-demo]
 #   --port          MONAI Label server port (it listens on 127.0.0.1 only)
 #   --orthanc-port  Orthanc HTTP port (DICOMweb at /dicom-web); Orthanc's DICOM port stays off
 #   --workdir       Orthanc's storage, the server's DICOM cache, logs (default runs/ohif)
+#   --model-dir     where training runs and the served model live (default WORKDIR/model)
 #   --checkpoint    AFLoc checkpoint folder (default: $AFLOC_CHECKPOINT, else demo/checkpoint,
 #                   built by scripts/build_demo.py the first time)
 #   --dicom         more DICOM files (or folders of them) to upload; repeatable
-#   --no-demo       do not upload the demo CR/DX images
+#   --no-demo       do not upload the demo CR/DX images and their SR reports
 # Environment: AFLOC_PYTHON (a Python with the project installed; default: scripts/env.sh's venv).
 #
 # Orthanc has no bind-address option and listens on every interface, with remote access refused
@@ -24,6 +25,7 @@ PORT=8000
 ORTHANC_PORT=8042
 WORKDIR="$ROOT/runs/ohif"
 CHECKPOINT="${AFLOC_CHECKPOINT:-}"
+MODEL_DIR=""
 DEMO=1
 EXTRA_DICOM=()
 ORTHANC_DICOMWEB_PLUGIN="/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -37,9 +39,10 @@ while [ $# -gt 0 ]; do
     --orthanc-port) ORTHANC_PORT="$2"; shift 2 ;;
     --workdir) WORKDIR="$2"; shift 2 ;;
     --checkpoint) CHECKPOINT="$2"; shift 2 ;;
+    --model-dir) MODEL_DIR="$2"; shift 2 ;;
     --dicom) EXTRA_DICOM+=("$2"); shift 2 ;;
     --no-demo) DEMO=0; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -157,7 +160,7 @@ cd "$ROOT"
   --app "$ROOT/apps/afloc_label" \
   --studies "$ORTHANC_URL/dicom-web" \
   --host 127.0.0.1 --port "$PORT" \
-  --conf checkpoint "$CHECKPOINT" &
+  --conf checkpoint "$CHECKPOINT" --conf model_dir "${MODEL_DIR:-$WORKDIR/model}" &
 SERVER_PID=$!
 # Forward Ctrl-C/TERM to the server, then stop Orthanc (cleanup on EXIT).
 trap 'kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; exit 130' INT

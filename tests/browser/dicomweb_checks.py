@@ -22,7 +22,7 @@ def main(server: str, dicomweb: str, study: str, label_file: str, out: str) -> i
         return [s["0020000E"]["Value"][0] for s in reply.json() if s.get("00080060", {}).get("Value") == ["SEG"]]
 
     series = requests.get(f"{dicomweb}/studies/{study}/series", timeout=30).json()
-    image = next(s["0020000E"]["Value"][0] for s in series if s.get("00080060", {}).get("Value") != ["SEG"])
+    image = next(s["0020000E"]["Value"][0] for s in series if s.get("00080060", {}).get("Value") in (["CR"], ["DX"]))
     results: dict = {"image": image, "seg_before": seg_series()}
 
     params = {"prompt": "right pleural effusion", "save_draft": True, "save_heatmap": True}

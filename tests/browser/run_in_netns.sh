@@ -8,8 +8,11 @@
 # the namespace, where the only interface is loopback: nothing is reachable from outside and
 # nothing outside is reachable from the browser.
 # Environment: AFLOC_PYTHON (Python with the project installed, required), AFLOC_E2E_TIMEOUT_S
-# (browser part, default 100). Writes OUT_DIR/server.log, what ohif_e2e.js writes and
-# OUT_DIR/dicomweb.json (tests/browser/dicomweb_checks.py).
+# (browser part, default 100), AFLOC_STACK_ARGS (more options for start_ohif_mode.sh, e.g.
+# "--no-demo --dicom DIR"), AFLOC_NETNS_CHECK (a Python script run instead of the browser, as
+# SCRIPT SERVER_URL DICOMWEB_URL OUT_DIR WORKDIR; its exit status is this script's).
+# Writes OUT_DIR/server.log, what ohif_e2e.js writes and OUT_DIR/dicomweb.json
+# (tests/browser/dicomweb_checks.py).
 set -euo pipefail
 OUT="$1"
 CHECKPOINT="$2"
@@ -29,8 +32,9 @@ if ip -o link show | awk -F': ' '{print $2}' | grep -qv '^lo$'; then
   exit 3
 fi
 
+read -r -a STACK_ARGS <<<"${AFLOC_STACK_ARGS:-}"
 bash "$ROOT/scripts/start_ohif_mode.sh" --port "$PORT" --orthanc-port "$ORTHANC_PORT" \
-  --workdir "$OUT/work" --checkpoint "$CHECKPOINT" >"$OUT/server.log" 2>&1 &
+  --workdir "$OUT/work" --checkpoint "$CHECKPOINT" "${STACK_ARGS[@]+"${STACK_ARGS[@]}"}" >"$OUT/server.log" 2>&1 &
 STACK_PID=$!
 stop_stack() {
   if kill -0 "$STACK_PID" 2>/dev/null; then
@@ -47,7 +51,14 @@ for _ in $(seq 1 240); do
 done
 curl -sf "http://127.0.0.1:$PORT/info/" >/dev/null || { echo "server not up after 120 s" >&2; tail -30 "$OUT/server.log" >&2; exit 4; }
 
-# The MODALITY study is opened in the viewer; every series is checked for its geometry.
+if [ -n "${AFLOC_NETNS_CHECK:-}" ]; then
+  status=0
+  "$AFLOC_PYTHON" "$AFLOC_NETNS_CHECK" "http://127.0.0.1:$PORT" "http://127.0.0.1:$ORTHANC_PORT/dicom-web" \
+    "$OUT" "$OUT/work" || status=$?
+  exit "$status"
+fi
+
+# The MODALITY study is opened in the viewer; every image series is checked for its geometry.
 qido() { curl -sf "http://127.0.0.1:$ORTHANC_PORT/dicom-web/$1"; }
 # Prints the value of DICOM tag $1 (e.g. 0020000D) of every QIDO-RS result on stdin, one a line.
 uids() { "$AFLOC_PYTHON" -c 'import json, sys
@@ -58,7 +69,7 @@ STUDY="$(qido "studies?ModalitiesInStudy=$MODALITY" | uids 0020000D | head -n 1)
 series_args=()
 while IFS= read -r uid; do
   series_args+=(--check-series "$uid")
-done < <(qido 'series' | uids 0020000E)
+done < <(qido 'series?Modality=CR' | uids 0020000E; qido 'series?Modality=DX' | uids 0020000E)
 
 status=0
 if [ "$SUITE" = "panel" ]; then
