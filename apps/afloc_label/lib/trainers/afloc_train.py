@@ -162,6 +162,8 @@ def _training_data(datastore: Datastore) -> Tuple[Optional[Any], int]:
         )
     pairs = pairs_of()
     return pairs, len(pairs)
+
+
 def check_options(body: Any) -> Dict[str, Any]:
     """Validate a client's ``POST /train/afloc_train`` body before a training process starts.
 
