@@ -213,8 +213,9 @@ def describe_training_data(pairs: PairList) -> str:
             generator = None
     if generator == "afloc-phantoms":
         return f"synthetic phantoms (afloc-phantoms, {count} image-report pairs): not for clinical images"
-    kinds = {"datastore": "datastore", "csv": "CSV manifest", "mimic": "MIMIC-CXR-JPG"}
-    return f"{kinds.get(pairs.kind, pairs.kind)} '{Path(pairs.source).name}' ({count} image-report pairs)"
+    kinds = {"datastore": "datastore", "csv": "CSV manifest", "mimic": "MIMIC-CXR-JPG", "dicomweb": "DICOMweb PACS"}
+    name = str(pairs.source) if pairs.kind == "dicomweb" else Path(pairs.source).name
+    return f"{kinds.get(pairs.kind, pairs.kind)} '{name}' ({count} image-report pairs)"
 
 
 # ------------------------------------------------------------------------------ internals
