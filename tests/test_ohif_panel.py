@@ -52,7 +52,7 @@ RUN_TIMEOUT_S = 420
 SEGMENT_COLORS = [(242, 77, 64), (51, 166, 242)]
 OUTLINE_PX = 2
 #: Screenshots copied to docs/images/ as ohif-panel-<name>.
-DOC_SHOTS = ("open", "heatmap", "threshold", "accepted", "two-prompts", "report", "error", "study-list")
+DOC_SHOTS = ("open", "heatmap", "threshold", "accepted", "two-prompts", "report", "error", "study-list", "dx")
 
 pytestmark = pytest.mark.slow
 
@@ -358,6 +358,17 @@ def test_errors_are_shown_in_the_panel(run):
     result = run["result"]
     assert "300" in result["errorBadPrompt"] and result["errorBadPromptVisible"]
     assert "Cannot reach the AFLoc server" in result["errorServerDown"]
+
+
+def test_the_dx_study_works_the_same(run):
+    """The DX phantom (1024 x 1024, 0.39 mm): open, type, Enter; the browser's label is the server's."""
+    result = run["result"]
+    assert result["dxFocus"] == "afloc-prompt"
+    dx = result["panelDx"]["result"]
+    assert (dx["width"], dx["height"]) == (1024, 1024)
+    server = result["serverLabelDx"]
+    assert server["sizes"] == [1024, 1024, 1]
+    assert dx["label"] == {k: server[k] for k in ("total", "nonZero", "fnv1a")}
 
 
 def test_screenshots_saved(run):

@@ -113,10 +113,10 @@ async function main() {
   }, args.timeoutS * 1000);
 
   // Server-side reference data, fetched from this process (inside the same namespace).
-  async function serverLabel(prompt, threshold, file) {
+  async function serverLabel(prompt, threshold, file, series = args.series) {
     const form = new FormData();
     form.append('params', JSON.stringify({ prompt, threshold, result_compress: false, save_heatmap: false, result_extension: '.nrrd' }));
-    const r = await fetch(`${args.baseUrl}/infer/afloc?image=${encodeURIComponent(args.series)}&output=image`, { method: 'POST', body: form });
+    const r = await fetch(`${args.baseUrl}/infer/afloc?image=${encodeURIComponent(series)}&output=image`, { method: 'POST', body: form });
     if (!r.ok) throw new Error(`reference infer answered ${r.status}: ${(await r.text()).slice(0, 300)}`);
     const bytes = Buffer.from(await r.arrayBuffer());
     fs.writeFileSync(out(file), bytes);
@@ -353,6 +353,24 @@ async function main() {
     await poll(async () => (await rows.count()) > 0, 30000, 'the study list');
     result.studyListAfter = (await rows.allInnerTexts()).map((t) => t.replace(/\s+/g, ' ').trim()).filter(Boolean);
     await page.screenshot({ path: out('panel-study-list.png') });
+
+    // 11. The DX study (the phantom radiograph, 0.39 mm pixels): open, type, Enter.
+    step('the DX study');
+    await rows.filter({ hasText: 'DX' }).first().click();
+    await page.getByRole('button', { name: 'AFLoc (X-ray)' }).first().click();
+    await page.waitForURL(/\/ohif\/afloc\?/, { timeout: 30000 });
+    await poll(() => imageDrawn(page), 30000, 'the DX radiograph');
+    await page.locator('#afloc-prompt').waitFor({ state: 'visible', timeout: 30000 });
+    const dxSeries = (await poll(async () => { const s = await snapshot(); return s && s.series && s.series.seriesUID !== args.series ? s.series : null; }, 30000, 'the DX series')).seriesUID;
+    await page.waitForTimeout(500);
+    result.dxFocus = await page.evaluate(() => document.activeElement && document.activeElement.id);
+    const dxReply = page.waitForResponse((r) => r.url().includes('/infer/afloc'), { timeout: 120000 });
+    await page.keyboard.type(args.prompt);
+    await page.keyboard.press('Enter');
+    await dxReply;
+    result.panelDx = await waitDrawn((s) => s.result && s.series.seriesUID === dxSeries && s.drawCount > 0, 'the DX overlay');
+    result.serverLabelDx = await serverLabel(args.prompt, result.panelDx.threshold, 'label-dx.nrrd', dxSeries);
+    await page.screenshot({ path: out('panel-dx.png') });
     result.ok = true;
   } catch (error) {
     result.error = String((error && error.stack) || error);
