@@ -16,8 +16,8 @@ those requests itself, with a JSON ``{"detail", "error"}`` 4xx, before the endpo
   ``info`` a JSON object nested at most :data:`MAX_JSON_DEPTH` deep (400);
 - ``POST``/``PUT``/``DELETE`` from a web page of another origin (``Origin`` header) -> 403: any
   page can send a form to ``127.0.0.1`` without CORS (cross-site request forgery);
-- JSON replies never carry the server's absolute paths: the datastore folder becomes relative,
-  other server folders (app, model, sessions, temp) a ``<name>`` placeholder.
+- JSON replies never carry the server's absolute paths: its folders (datastore, model, sessions,
+  app, temp, home) become ``<name>`` placeholders.
 
 The facts the app's ``infer`` needs to tell a client-given path from MONAI Label's own upload
 are kept per request in :func:`current_request`.
@@ -382,7 +382,9 @@ def _server_folders() -> list[tuple[str, str]]:
     folders: list[tuple[str, str]] = []
     studies = str(settings.MONAI_LABEL_STUDIES or "")
     if studies and not studies.startswith(("http://", "https://")):
-        folders.append((os.path.realpath(studies), ""))
+        # A placeholder, not a relative path: the stock Slicer module loads ``path`` from its own
+        # disk when such a file exists there, which a bare file name could match by accident.
+        folders.append((os.path.realpath(studies), "<datastore>"))
     try:
         instance = _instance()
     except Exception:
