@@ -95,7 +95,11 @@ def report_hash(report: str) -> str:
 
 
 def combine_masks(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
-    """One label ``[H, W]`` uint8 from P masks: ``i + 1`` where prompt ``i`` wins (highest heat)."""
+    """One label ``[H, W]`` (uint8) from P masks: value ``i + 1`` where prompt ``i`` wins.
+
+    A pixel inside several masks goes to the prompt with the highest heat there (the first on
+    ties); a pixel in no mask is 0. The infer task ``afloc`` uses the same rule.
+    """
     if len(masks) == 1:
         return masks[0].astype(np.uint8)
     heat = np.stack([np.where(m, h, -np.inf).astype(np.float32) for h, m in zip(heatmaps, masks)])

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import numpy as np
 from afloc_models.inference.heatmap import DEFAULT_THRESHOLD
+from afloc_training.draft import combine_masks  # one overlap rule for prompts and report drafts
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
@@ -71,20 +72,6 @@ DEFAULT_CONFIG: Dict[str, Any] = {
 def heatmap_tag(index: int) -> str:
     """Datastore tag of prompt ``index``'s heatmap: ``afloc_heatmap``, ``afloc_heatmap_2``, ..."""
     return HEATMAP_TAG if index == 0 else f"{HEATMAP_TAG}_{index + 1}"
-
-
-def combine_masks(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
-    """One label ``[H, W]`` (uint8) from P masks: value ``i + 1`` where prompt ``i`` wins.
-
-    A pixel inside several masks goes to the prompt with the highest heat there (the first
-    on ties); a pixel in no mask is 0.
-    """
-    if len(masks) == 1:
-        return masks[0].astype(np.uint8)
-    heat = np.stack([np.where(m, h, -np.inf).astype(np.float32) for h, m in zip(heatmaps, masks)])
-    winner = np.argmax(heat, axis=0)
-    covered = np.any(np.stack(masks), axis=0)
-    return np.where(covered, winner + 1, 0).astype(np.uint8)
 
 
 class AFLocLocalizeTask(InferTask):
