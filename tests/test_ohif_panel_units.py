@@ -75,7 +75,7 @@ def _heatmaps(tmp_path: Path, thresholds: list[float]) -> tuple[np.ndarray, Path
 @pytest.mark.parametrize("threshold", [0.3, 0.55, 0.1, -0.2, 0.7])
 def test_browser_threshold_rule_is_the_servers(tmp_path, threshold):
     from afloc_models.inference.heatmap import threshold_mask
-    from lib.infers.localize import combine_masks
+    from afloc_training.draft import combine_masks
 
     maps, path = _heatmaps(tmp_path, [threshold])
     negated = [False, False, True]

@@ -20,8 +20,8 @@
  *   and named after the prompt; redrawn when the view pans/zooms;
  * - a threshold slider: masks are recomputed in the browser with the server's rule
  *   (afloc_models/inference/heatmap.py threshold_mask: heat >= threshold, compared in float32;
- *   a negated prompt has no mask; lib/infers/localize.py combine_masks: where masks overlap the
- *   prompt with the higher heat wins, the first on ties);
+ *   a negated prompt has no mask; afloc_training/draft.py combine_masks, used by the infer task:
+ *   where masks overlap the prompt with the higher heat wins, the first on ties);
  * - Accept / Keep draft: POST /afloc/segments with the ticked segments (lib/ohif_segments.py
  *   stores a DICOM-SEG in the PACS; a draft also under the datastore tag afloc_draft);
  * - errors of any step as a message in the panel.
