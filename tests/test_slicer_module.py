@@ -605,7 +605,6 @@ def test_render_stand_in_figure(module, standin, afloc_server_url, tmp_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     slicer, qt, _ = standin
     _, widget = module

@@ -31,7 +31,6 @@ from AFLocLib import (
     QUICK_PICKS,
     AFLocClient,
     AFLocClientError,
-    AuthenticationRequiredError,
     OperationCancelledError,
     PromptHistory,
     add_quick_pick,
