@@ -189,6 +189,12 @@ def test_deeply_nested_params_and_long_file_names_are_400(afloc_server):
     png = (afloc_server.studies / "phantom_00000.png").read_bytes()
     name = "a" + ".x" * 200 + ".png"
     assert_json_error(infer(afloc_server.url, {"prompt": "nodule"}, files={"file": (name, png)}), 400, "name")
+    reply = requests.put(f"{afloc_server.url}/datastore/image", params={"image": "long_name"},
+                         files={"file": (name, png)}, timeout=60)
+    assert reply.status_code == 400, reply.text[:300]
+    reply = requests.put(f"{afloc_server.url}/datastore/label", params={"image": "phantom_00000", "tag": "afloc_draft"},
+                         files={"label": ("l" + ".x" * 200 + ".nrrd", b"NRRD0004\n")}, timeout=60)
+    assert reply.status_code == 400, reply.text[:300]
 
 
 def test_invalid_params_json_names_curls_semicolon_rule(afloc_server_url):
