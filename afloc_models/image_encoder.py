@@ -1,11 +1,15 @@
 """ResNet image encoder with AFLoc's three feature levels.
 
-The backbone is MONAI's 2D ResNet, whose parameter names match torchvision's, so a published
-torchvision-style checkpoint loads without renaming. Three heads project to the joint width D:
+The backbone is :mod:`afloc_models.resnet` (PyTorch alone), whose parameter names match
+torchvision's and MONAI's, so the published torchvision-style checkpoint and checkpoints written
+with the earlier MONAI backbone load without renaming. Three heads project to the joint width D:
 
 - ``local2_embedder``: 1x1 conv on stage 2 (``layer2``): shallow local features, matched to words.
 - ``local_embedder``: 1x1 conv on stage 3 (``layer3``): deep local features, matched to sentences.
 - ``global_embedder``: linear on pooled stage 4 (``layer4``): global feature, matched to the report.
+
+With ``working_size`` set (299 for published checkpoints) the normalised input is first resized
+to that square (bilinear, ``align_corners=True``), as the published encoder does.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from monai.networks.nets import resnet18, resnet50
+import torch.nn.functional as F
 from torch import nn
 
 from afloc_models.config import ImageEncoderConfig
 from afloc_models.errors import ConfigError
+from afloc_models.resnet import resnet18, resnet50
 
 #: Output channels of (stage 2, stage 3, stage 4) per architecture.
 STAGE_CHANNELS = {"resnet18": (128, 256, 512), "resnet50": (512, 1024, 2048)}
@@ -51,14 +56,8 @@ class ImageEncoder(nn.Module):
         if config.deep_stride not in (8, 16):
             raise ConfigError(f"image.deep_stride must be 8 or 16, got {config.deep_stride}")
         self.in_channels = config.in_channels
-        # torchvision layout: stride-2 stem and bias-free downsample convs.
-        self.backbone = builders[config.arch](
-            spatial_dims=2,
-            n_input_channels=config.in_channels,
-            conv1_t_stride=2,
-            bias_downsample=False,
-            feed_forward=False,
-        )
+        self.working_size = int(config.working_size)
+        self.backbone = builders[config.arch](in_channels=config.in_channels)
         if config.deep_stride == 8:
             _dilate_stage(self.backbone.layer3)
         shallow_ch, deep_ch, global_ch = STAGE_CHANNELS[config.arch]
@@ -69,9 +68,11 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> ImageFeatures:
         """Encode normalised images ``[B, C, H, W]`` (C = 1 or 3) into :class:`ImageFeatures`."""
         images = self._match_channels(images)
+        if self.working_size and images.shape[-2:] != (self.working_size, self.working_size):
+            size = (self.working_size, self.working_size)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=True)
         net = self.backbone
-        x = net.maxpool(net.act(net.bn1(net.conv1(images))))
-        x = net.layer1(x)
+        x = net.layer1(net.stem(images))
         stage2 = net.layer2(x)
         stage3 = net.layer3(stage2)
         stage4 = net.layer4(stage3)

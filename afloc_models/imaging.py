@@ -747,16 +747,26 @@ class Letterbox:
     scale: float
 
     @classmethod
-    def for_shape(cls, shape: tuple[int, ...], size: int) -> "Letterbox":
-        """Geometry for an image of ``shape`` (``[H, W]`` or ``[H, W, C]``), without resampling."""
+    def for_shape(cls, shape: tuple[int, ...], size: int, floor: bool = False) -> "Letterbox":
+        """Geometry for an image of ``shape`` (``[H, W]`` or ``[H, W, C]``), without resampling.
+
+        The short side is rounded to the nearest pixel, or truncated with ``floor`` (the
+        published code's ``int(short * size / long)``).
+        """
         if size < 1:
             raise ValueError(f"letterbox size must be positive, got {size}")
         height, width = int(shape[0]), int(shape[1])
         if height < 1 or width < 1:
             raise ValueError(f"cannot letterbox an empty image of shape {tuple(shape)}")
         scale = size / max(height, width)
-        new_h = min(size, max(1, int(round(height * scale))))
-        new_w = min(size, max(1, int(round(width * scale))))
+        if floor:
+            # Same float expression as the published code, so truncation agrees to the pixel.
+            long_side = float(max(height, width))
+            new_h = size if height >= width else max(1, int(float(height) * (float(size) / long_side)))
+            new_w = size if width > height else max(1, int(float(width) * (float(size) / long_side)))
+        else:
+            new_h = min(size, max(1, int(round(height * scale))))
+            new_w = min(size, max(1, int(round(width * scale))))
         return cls(
             original_shape=(height, width),
             size=int(size),
@@ -852,6 +862,96 @@ def letterbox(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     resized = _resize(pixels.astype(np.float32, copy=False), new_h, new_w)
     out[box.pad_top : box.pad_top + new_h, box.pad_left : box.pad_left + new_w] = resized
     return out, box
+
+
+def letterbox_published(pixels: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """The published preprocessing: 8-bit grayscale, area-averaged letterbox, zero padding.
+
+    ``[H, W]`` (or ``[H, W, 3]``, converted to luma first) pixels in ``[0, 1]`` are quantised to
+    8 bits as the published code reads images (``cv2.imread(path, 0)``), the long side is
+    brought to ``size`` with area averaging (OpenCV's ``INTER_AREA``, see
+    :func:`resize_area_uint8`), the short side truncated (``Letterbox.for_shape(floor=True)``)
+    and centred with zero padding (extra pixel bottom/right).
+
+    Returns:
+        The float32 ``[size, size]`` square in ``[0, 1]`` (multiples of 1/255) and its
+        :class:`Letterbox`.
+    """
+    pixels = to_grayscale(np.asarray(pixels))
+    if pixels.ndim != 2:
+        raise ValueError(f"expected [H, W] or [H, W, 3] pixels, got shape {pixels.shape}")
+    box = Letterbox.for_shape(pixels.shape, size, floor=True)
+    codes = np.rint(np.clip(np.nan_to_num(pixels.astype(np.float64), nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    new_h, new_w = box.resized_shape
+    out = np.zeros((size, size), dtype=np.float32)
+    resized = resize_area_uint8(codes, new_h, new_w)
+    out[box.pad_top : box.pad_top + new_h, box.pad_left : box.pad_left + new_w] = resized.astype(np.float32) / np.float32(255.0)
+    return out, box
+
+
+def resize_area_uint8(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """Area-averaging resize of a ``uint8`` ``[H, W]`` image, as OpenCV's ``INTER_AREA``.
+
+    When shrinking, each output pixel is the mean of the source area it covers, partially
+    covered source pixels weighted by the covered fraction (fractions under 1e-3 ignored, as
+    OpenCV does), then rounded to the nearest integer. When enlarging, OpenCV's ``INTER_AREA``
+    interpolates linearly with clamped fractional weights in 11-bit fixed point, reproduced here.
+    The result matched ``cv2.resize(..., interpolation=cv2.INTER_AREA)`` on the images
+    measured in docs/inference.md.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 2:
+        raise ValueError(f"expected a uint8 [H, W] image, got {image.dtype} {image.shape}")
+    height, width = image.shape
+    if new_h <= height and new_w <= width:
+        rows = _area_weights(height, new_h)  # [new_h, H]
+        cols = _area_weights(width, new_w)  # [new_w, W]
+        values = rows @ image.astype(np.float64) @ cols.T
+        if height % new_h == 0 and width % new_w == 0:
+            # Whole-number factors take OpenCV's integer path, which rounds halves up.
+            return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    # Enlarging (either axis): OpenCV's linear path with 11-bit fixed-point weights.
+    rows = np.rint(_area_weights(height, new_h) * 2048).astype(np.int64)
+    cols = np.rint(_area_weights(width, new_w) * 2048).astype(np.int64)
+    values = rows @ image.astype(np.int64) @ cols.T
+    return np.clip((values + (1 << 21)) >> 22, 0, 255).astype(np.uint8)
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` interpolation matrix of OpenCV's ``INTER_AREA`` along one axis."""
+    weights = np.zeros((n_out, n_in), dtype=np.float64)
+    inv = n_out / n_in
+    scale = 1.0 / inv  # OpenCV's own expression: the last bit decides some floors below
+    if n_out < n_in or (n_out == n_in and n_in > 0):
+        for dx in range(n_out):
+            fsx1 = dx * scale
+            fsx2 = fsx1 + scale
+            cell = min(scale, n_in - fsx1)
+            sx1, sx2 = int(np.ceil(fsx1)), int(np.floor(fsx2))
+            sx2 = min(sx2, n_in - 1)
+            sx1 = min(sx1, sx2)
+            if sx1 - fsx1 > 1e-3:
+                weights[dx, sx1 - 1] += np.float32((sx1 - fsx1) / cell)
+            for sx in range(sx1, sx2):
+                weights[dx, sx] += np.float32(1.0 / cell)
+            if fsx2 - sx2 > 1e-3:
+                weights[dx, sx2] += np.float32(min(min(fsx2 - sx2, 1.0), cell) / cell)
+        return weights
+    # Enlarging: linear interpolation whose fraction is 0 unless the output pixel straddles
+    # a source pixel boundary (OpenCV's INTER_AREA upscaling table).
+    for dx in range(n_out):
+        sx = int(np.floor(dx * scale))
+        frac = float(np.float32((dx + 1) - (sx + 1) * inv))
+        frac = 0.0 if frac <= 0 else frac - np.floor(frac)
+        if sx < 0:
+            weights[dx, 0] = 1.0
+        elif sx >= n_in - 1:
+            weights[dx, n_in - 1] = 1.0
+        else:
+            weights[dx, sx] = 1.0 - frac
+            weights[dx, sx + 1] = frac
+    return weights
 
 
 def _resize(pixels: np.ndarray, new_h: int, new_w: int) -> np.ndarray:

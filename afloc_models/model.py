@@ -77,7 +77,11 @@ class AFLoc(nn.Module):
         self.config = load_config(config)
         self.image_encoder = ImageEncoder(self.config.image, self.config.embed_dim)
         self.text_encoder = TextEncoder(
-            self.config.text, self.config.embed_dim, folder=text_folder, random_init=text_random_init
+            self.config.text,
+            self.config.embed_dim,
+            folder=text_folder,
+            random_init=text_random_init,
+            compat=self.config.compat,
         )
         self.meta: dict[str, Any] = {}
 

@@ -3,7 +3,11 @@
 Token embeddings are the sum of the last N hidden layers. Sub-word pieces are summed into
 words and words averaged into sentences with ``scatter_add`` (no Python loop over tokens or
 batch items, so no GPU synchronisation per token); the report embedding is the mean of its
-words. Each level has its own projection to the joint width D, or none when the encoder is
+words (``compat: project``). With ``compat: published`` the levels follow the published code:
+the [CLS] token is the first unit of the word and the sentence levels, periods between
+sentences are words, and the report embedding is the sum of every token from [CLS] to [SEP]
+divided by the token budget (the mean over all 97 positions of the published padded window,
+whose padding positions hold zeros). Each level has its own projection to the joint width D, or none when the encoder is
 already D wide (the published Bio_ClinicalBERT model, D = 768).
 """
 
@@ -17,7 +21,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from afloc_models.config import TextEncoderConfig
+from afloc_models.config import COMPAT_MODES, TextEncoderConfig
 from afloc_models.errors import CheckpointError, ConfigError
 from afloc_models.tokenization import ReportTokenizer, TokenizedReports
 
@@ -95,12 +99,17 @@ class TextEncoder(nn.Module):
         embed_dim: int,
         folder: Optional[Path] = None,
         random_init: Optional[bool] = None,
+        compat: str = "project",
     ):
         super().__init__()
+        if compat not in COMPAT_MODES:
+            raise ConfigError(f"compat must be one of {', '.join(COMPAT_MODES)}, got {compat!r}")
         folder = folder if folder is not None else resolve_model_path(config.model_path)
         random_init = config.random_init if random_init is None else random_init
         self.model, hf_tokenizer = load_hf_text_model(folder, random_init)
-        self.tokenizer = ReportTokenizer(hf_tokenizer, config.max_tokens)
+        self.compat = compat
+        self.max_tokens = int(config.max_tokens)
+        self.tokenizer = ReportTokenizer(hf_tokenizer, config.max_tokens, period_units=compat == "published")
         layers = int(self.model.config.num_hidden_layers)
         if not 1 <= config.last_n_layers <= layers:
             raise ConfigError(f"text.last_n_layers must be in 1..{layers} for this model, got {config.last_n_layers}")
@@ -131,12 +140,19 @@ class TextEncoder(nn.Module):
         token_emb = self.token_embeddings(tokens)  # [B, T, H]
         words = merge_words(token_emb, tokens.token_word, int(tokens.word_sentence.shape[1]))  # [B, W, H]
         sentences = pool_sentences(words, tokens.word_sentence, int(tokens.n_sentences.max()))  # [B, S, H]
-        report = masked_mean(words, tokens.word_sentence >= 0)  # [B, H]
+        n_words, n_sentences = tokens.n_words, tokens.n_sentences
+        if self.compat == "published":
+            cls = token_emb[:, :1]  # [B, 1, H]
+            words, sentences = torch.cat([cls, words], dim=1), torch.cat([cls, sentences], dim=1)
+            n_words, n_sentences = n_words + 1, n_sentences + 1
+            report = published_report(token_emb, tokens.attention_mask, self.max_tokens)
+        else:
+            report = masked_mean(words, tokens.word_sentence >= 0)  # [B, H]
         return TextFeatures(
             words=self.word_proj(words).transpose(1, 2),
-            n_words=tokens.n_words,
+            n_words=n_words,
             sentences=self.sentence_proj(sentences).transpose(1, 2),
-            n_sentences=tokens.n_sentences,
+            n_sentences=n_sentences,
             report=self.report_proj(report),
         )
 
@@ -239,6 +255,16 @@ def pool_sentences(words: torch.Tensor, word_sentence: torch.Tensor, n_sentences
     )
     counts = words.new_zeros(batch, n_sentences).scatter_add(1, index, valid)
     return sums / counts.clamp(min=1).unsqueeze(-1)
+
+
+def published_report(token_emb: torch.Tensor, attention_mask: torch.Tensor, window: int) -> torch.Tensor:
+    """Published report embedding: tokens ``[B, T, H]`` from [CLS] to [SEP] summed, over ``window``.
+
+    The published encoder averages its word units ([CLS], words, [SEP], then zero rows) over the
+    whole padded window of ``window`` positions; the units add up to the sum of the real tokens.
+    """
+    weights = attention_mask.to(token_emb.dtype).unsqueeze(-1)
+    return (token_emb * weights).sum(dim=1) / float(window)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

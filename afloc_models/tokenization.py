@@ -8,6 +8,11 @@ tensor operations alone.
 
 Truncation keeps whole words: when the token budget ends inside a word, that word is dropped
 rather than kept as a fragment.
+
+With ``period_units`` (the published definition) a "." word stands between consecutive
+sentences, as the published training text joins sentences with ". ". Such a period is a word
+of its own (``word_sentence`` :data:`PERIOD`) that belongs to no sentence, except when it ends
+the kept text, where the published pooling counts it into the last sentence.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Sequence, Union
 import torch
 
 from afloc_models.errors import EmptyReportError
+
+#: ``word_sentence`` of a period word that separates two sentences (``period_units``).
+PERIOD = -2
 
 #: One report: a list of sentences, or a single string treated as one sentence (a prompt).
 ReportInput = Union[str, Sequence[str]]
@@ -31,7 +39,8 @@ class TokenizedReports:
         input_ids: ``[B, T]`` token ids with the tokenizer's special tokens.
         attention_mask: ``[B, T]`` 1 for real tokens.
         token_word: ``[B, T]`` index of the word each token belongs to; -1 for special and pad tokens.
-        word_sentence: ``[B, W]`` index of the sentence each word belongs to; -1 for padding.
+        word_sentence: ``[B, W]`` index of the sentence each word belongs to; -1 for padding,
+            :data:`PERIOD` for a separating period word (``period_units`` only).
         n_words: ``[B]`` words kept per report (>= 1).
         n_sentences: ``[B]`` sentences kept per report (>= 1).
         words: the kept words of each report, for display (not used by the model).
@@ -63,11 +72,12 @@ class TokenizedReports:
 class ReportTokenizer:
     """Wraps a Hugging Face BERT-family tokenizer; see the module docstring."""
 
-    def __init__(self, hf_tokenizer, max_tokens: int):
+    def __init__(self, hf_tokenizer, max_tokens: int, period_units: bool = False):
         if max_tokens < 3:
             raise ValueError(f"max_tokens must leave room for text between special tokens, got {max_tokens}")
         self.hf_tokenizer = hf_tokenizer
         self.max_tokens = max_tokens
+        self.period_units = bool(period_units)
         self.cls_id = hf_tokenizer.cls_token_id
         self.sep_id = hf_tokenizer.sep_token_id
         self.pad_id = hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0
@@ -84,7 +94,11 @@ class ReportTokenizer:
             sentences = [report] if isinstance(report, str) else list(report)
             words, word_sentence_raw = [], []
             for s_index, sentence in enumerate(sentences):
-                for word in str(sentence).split():
+                split = str(sentence).split()
+                if self.period_units and split and words:
+                    words.append(".")
+                    word_sentence_raw.append(PERIOD)
+                for word in split:
                     words.append(word)
                     word_sentence_raw.append(s_index)
             if not words:
@@ -105,8 +119,11 @@ class ReportTokenizer:
             renumber = {old: new for new, old in enumerate(kept)}
             token_word = [renumber[w] for w in word_ids]
             sentence_raw = [word_sentence_raw[w] for w in kept]
-            sentence_renumber = {old: new for new, old in enumerate(sorted(set(sentence_raw)))}
+            sentence_renumber = {old: new for new, old in enumerate(sorted(set(sentence_raw) - {PERIOD}))}
+            sentence_renumber[PERIOD] = PERIOD
             word_sentence = [sentence_renumber[s] for s in sentence_raw]
+            if word_sentence[-1] == PERIOD:  # a period ending the kept text joins the last sentence
+                word_sentence[-1] = max(word_sentence)
             rows.append((ids, token_word, word_sentence, [words[w] for w in kept]))
         return self._pad(rows)
 

@@ -1,25 +1,38 @@
-"""Import of the published AFLoc Lightning checkpoint: every tensor lands, nothing silently dropped."""
+"""Import of the published AFLoc Lightning checkpoint, written the way the published training saves it.
+
+The checkpoint comes from :mod:`tests.published_reference`: the published module tree (``afloc.``
+prefix, torchvision ResNet-50 with an identity ``fc``, Conv2d embedders, BERT with its pooler and
+the persisted ``position_ids`` of transformers 4.2) and Lightning's payload (an OmegaConf
+``DictConfig`` in ``hyper_parameters`` and its class in ``hparams_type``, optimizer, scheduler,
+callback and AMP states). Every tensor must land, the config must be read without ``--trust``
+and without executing anything, and the imported model must carry the published settings.
+"""
 
 from __future__ import annotations
 
+import pickle
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
-import torchvision
 from transformers import BertConfig, BertModel
 
 from afloc_models.errors import CheckpointError
 from afloc_models.model import AFLoc, default_text_model_folder
-from afloc_models.published import import_published, main
+from afloc_models.published import import_published, main, plain, read_lightning_checkpoint
+import published_reference as ref
 
 D = 64  # joint width; equals the toy BERT's hidden size, as Bio_ClinicalBERT's 768 equals the paper's D
 
 
 @pytest.fixture(scope="module")
 def text_folder(tmp_path_factory):
-    """A small BERT-family model folder: the architecture and tokenizer the importer needs."""
-    folder = tmp_path_factory.mktemp("toy_bert")
+    """A small BERT-family model folder named like the config's bert_type's last part."""
+    folder = tmp_path_factory.mktemp("models") / "Tiny_ClinicalBERT"
+    folder.mkdir()
     BertConfig(
         vocab_size=30522, hidden_size=D, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128
     ).save_pretrained(folder)
@@ -30,83 +43,143 @@ def text_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def published_state(text_folder):
-    """A state dict with the published key layout and shapes, random values."""
+def published(text_folder):
     torch.manual_seed(0)
-    state = {}
-    for key, value in torchvision.models.resnet50().state_dict().items():
-        state[f"model.img_encoder.model.{key}"] = torch.randn_like(value.float()).to(value.dtype)
-    state["model.img_encoder.global_embedder.weight"] = torch.randn(D, 2048)
-    state["model.img_encoder.global_embedder.bias"] = torch.randn(D)
-    # Stored as Conv1d in some releases: [D, C, 1].
-    state["model.img_encoder.local_embedder.weight"] = torch.randn(D, 1024, 1)
-    state["model.img_encoder.local2_embedder.weight"] = torch.randn(D, 512, 1, 1)
-    bert = BertModel(BertConfig.from_pretrained(text_folder))
-    for key, value in bert.state_dict().items():
-        state[f"model.text_encoder.model.{key}"] = torch.randn_like(value.float()).to(value.dtype)
-    state["model.text_encoder.model.embeddings.position_ids"] = torch.arange(512)[None]
-    return state
+    module = ref.Lightning(BertModel(BertConfig.from_pretrained(text_folder)), D)
+    ref.calibrate_batchnorm(module.afloc)
+    return module
 
 
-def _write(path, state):
-    torch.save({"epoch": 7, "global_step": 1234, "pytorch-lightning_version": "1.9.0", "state_dict": state}, path)
+@pytest.fixture(scope="module")
+def ckpt(published, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "afloc.ckpt"
+    ref.write_checkpoint(path, published, ref.config_dict(D, "someone/Tiny_ClinicalBERT"))
     return path
 
 
-def test_every_published_tensor_lands(published_state, text_folder, tmp_path):
-    ckpt = _write(tmp_path / "afloc.ckpt", published_state)
+def test_every_published_tensor_lands_without_trust(published, ckpt, text_folder, tmp_path):
     model, ignored = import_published(ckpt, text_folder)
-    assert sorted(ignored) == sorted(
-        ["model.img_encoder.model.fc.weight", "model.img_encoder.model.fc.bias",
-         "model.text_encoder.model.embeddings.position_ids"]
-    )
+    assert ignored == ["afloc.text_encoder.model.embeddings.position_ids"]
     ours = model.state_dict()
-    landed = 0
-    for key, value in published_state.items():
-        if key in ignored:
-            continue
-        if key.startswith("model.text_encoder.model."):
-            target = "text_encoder.model." + key[len("model.text_encoder.model."):]
-        elif key.split(".")[2] in ("global_embedder", "local_embedder", "local2_embedder"):
-            target = "image_encoder." + key[len("model.img_encoder."):]
+    theirs = published.state_dict()
+    assert len(theirs) == 322 + len(BertModel(BertConfig.from_pretrained(text_folder)).state_dict())
+    for key, value in theirs.items():
+        rest = key[len("afloc."):]
+        if rest.startswith("text_encoder.model."):
+            target = rest
+        elif rest.startswith("img_encoder.model."):
+            target = "image_encoder.backbone." + rest[len("img_encoder.model."):]
         else:
-            target = "image_encoder.backbone." + key[len("model.img_encoder.model."):]
-        assert torch.equal(ours[target].flatten(), value.flatten()), key
-        landed += 1
-    # Nothing in the model was left at its initial value: every key was covered.
-    assert landed == len(ours)
-    assert model.config.embed_dim == D and model.config.image.arch == "resnet50"
-    # It runs, and it round-trips through our own format.
-    feats = model.eval().encode_image(torch.randn(1, 1, 64, 64))
-    assert feats.global_.shape == (1, D)
-    out = model.save_pretrained(tmp_path / "converted")
-    again = AFLoc.from_pretrained(out)
+            target = "image_encoder." + rest[len("img_encoder."):]
+        assert torch.equal(ours[target], value), key
+    assert len(ours) == len(theirs)  # nothing in the model was left at its initial value
+    # The published settings came with it, from the OmegaConf payload.
+    cfg = model.config
+    assert (cfg.compat, cfg.image.arch, cfg.image.working_size, cfg.embed_dim) == ("published", "resnet50", 299, D)
+    assert (cfg.text.max_tokens, cfg.text.last_n_layers) == (97, 4)
+    assert (cfg.loss.temp1, cfg.loss.temp2, cfg.loss.temp3) == (4.0, 5.0, 10.0)
+    assert (cfg.optim.betas, cfg.optim.scheduler, cfg.optim.step_gamma, cfg.optim.lr) == ((0.5, 0.999), "step", 0.9, 2e-5)
+    assert model.meta["published"]["epoch"] == 4 and model.meta["published"]["bert_type"] == "someone/Tiny_ClinicalBERT"
+    # It runs at the published working resolution: 19x19 deep and 38x38 shallow grids from 224 px.
+    feats = model.eval().encode_image(torch.randn(1, 3, 224, 224))
+    assert feats.deep.shape == (1, D, 19, 19) and feats.shallow.shape == (1, D, 38, 38)
+    # And it round-trips through our own format, compat included.
+    again = AFLoc.from_pretrained(model.save_pretrained(tmp_path / "converted"))
+    assert again.config.compat == "published" and again.config.optim.betas == (0.5, 0.999)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in ours.items())
 
 
-def test_foreign_and_missing_keys_are_named(published_state, text_folder, tmp_path):
-    extra = dict(published_state)
-    extra["model.img_encoder.attention_pool.weight"] = torch.zeros(3)
-    extra["model.classifier.weight"] = torch.zeros(3)
-    with pytest.raises(CheckpointError, match="model.classifier.weight"):
-        import_published(_write(tmp_path / "a.ckpt", extra), text_folder)
-    extra.pop("model.classifier.weight")
-    with pytest.raises(CheckpointError, match="1 unexpected: model.img_encoder.attention_pool.weight"):
-        import_published(_write(tmp_path / "b.ckpt", extra), text_folder)
-    missing = dict(published_state)
-    missing.pop("model.img_encoder.model.layer3.0.conv2.weight")
+def test_config_is_read_without_omegaconf_and_without_running_code(ckpt, tmp_path):
+    # In a fresh interpreter where importing omegaconf fails, the payload still reads.
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["omegaconf"] = None
+        from afloc_models.published import read_lightning_checkpoint
+        blob = read_lightning_checkpoint({str(ckpt)!r})
+        hp = blob["hyper_parameters"]
+        assert hp["model"]["text"]["bert_type"] == "someone/Tiny_ClinicalBERT", hp
+        assert hp["train"]["seeds"] == [1, 2] and hp["train"]["load_ckpt"] is None
+        assert isinstance(hp["lightning"]["trainer"]["lr"], float)
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+    # A file that references anything else (here os.system through a reduce) is refused by name.
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"afloc.img_encoder.global_embedder.weight": torch.zeros(2, 2)}, "x": Evil()}, evil)
+    with pytest.raises(CheckpointError, match=r"references 'posix.system'.*--trust"):
+        read_lightning_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_plain_turns_omegaconf_objects_into_containers():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"a": {"b": [1, {"c": None}], "d": "x"}, "e": 1.5})
+    from afloc_models.published import _RestrictedUnpickler
+    import io
+
+    data = pickle.dumps(cfg, protocol=2)
+    assert plain(_RestrictedUnpickler(io.BytesIO(data)).load()) == {"a": {"b": [1, {"c": None}], "d": "x"}, "e": 1.5}
+
+
+def test_text_folder_and_config_are_checked(published, text_folder, tmp_path):
+    wide = tmp_path / "Wide_BERT"
+    shutil.copytree(text_folder, wide)
+    BertConfig(vocab_size=30522, hidden_size=2 * D, num_hidden_layers=4, num_attention_heads=4).save_pretrained(wide)
+    path = tmp_path / "afloc.ckpt"
+    ref.write_checkpoint(path, published, ref.config_dict(D, "someone/Tiny_ClinicalBERT"), position_ids=False)
+    with pytest.raises(CheckpointError, match=rf"Wide_BERT' is {2 * D} wide but .*embedding_dim = {D}"):
+        import_published(path, wide)
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        import_published(path, tmp_path)
+    cfg = ref.config_dict(D, "x/y")
+    cfg["model"]["text"]["aggregate_method"] = "mean"
+    cfg["transforms"]["norm"] = "imagenet"
+    ref.write_checkpoint(path, published, cfg, position_ids=False)
+    with pytest.raises(CheckpointError, match="aggregate_method = 'mean'.*transforms.norm = 'imagenet'"):
+        import_published(path, text_folder)
+
+
+def test_foreign_and_missing_keys_are_named(published, text_folder, tmp_path):
+    def write(state, name):
+        path = tmp_path / name
+        torch.save({"state_dict": state, "hyper_parameters": ref.config_dict(D, "x/Tiny_ClinicalBERT")}, path)
+        return path
+
+    base = published.state_dict()
+    extra = dict(base, **{"afloc.classifier.weight": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match="1 checkpoint keys belong to no AFLoc encoder.*afloc.classifier.weight"):
+        import_published(write(extra, "a.ckpt"), text_folder)
+    extra = dict(base, **{"afloc.img_encoder.local_f_embedder.weight": torch.zeros(D, 4096, 1, 1)})
+    with pytest.raises(CheckpointError, match="afloc.img_encoder.local_f_embedder.weight"):
+        import_published(write(extra, "b.ckpt"), text_folder)
+    missing = dict(base)
+    missing.pop("afloc.img_encoder.model.layer3.0.conv2.weight")
     with pytest.raises(CheckpointError, match="1 missing: image_encoder.backbone.layer3.0.conv2.weight"):
-        import_published(_write(tmp_path / "c.ckpt", missing), text_folder)
-    wrong = dict(published_state)
-    wrong["model.img_encoder.local2_embedder.weight"] = torch.zeros(D, 256, 1, 1)
-    with pytest.raises(CheckpointError, match="wrong shape: model.img_encoder.local2_embedder.weight"):
-        import_published(_write(tmp_path / "d.ckpt", wrong), text_folder)
+        import_published(write(missing, "c.ckpt"), text_folder)
+    wrong = dict(base)
+    wrong["afloc.img_encoder.local2_embedder.weight"] = torch.zeros(D, 256, 1, 1)
+    with pytest.raises(CheckpointError, match="wrong shape: afloc.img_encoder.local2_embedder.weight"):
+        import_published(write(wrong, "d.ckpt"), text_folder)
 
 
-def test_unreadable_checkpoint_and_cli_errors(text_folder, tmp_path, capsys):
+def test_unreadable_checkpoint_and_cli_errors(ckpt, text_folder, tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         import_published(bad, text_folder)
     assert main(["--ckpt", str(tmp_path / "none.ckpt"), "--text-model", str(text_folder), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["--ckpt", str(ckpt), "--text-model", str(text_folder), "--out", str(tmp_path / "ok")]) == 0
+    assert "position_ids" in capsys.readouterr().out
+    assert AFLoc.from_pretrained(tmp_path / "ok").config.compat == "published"

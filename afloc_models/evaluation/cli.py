@@ -6,6 +6,12 @@ threshold (0.1 ... 0.5 by default) and their means (mIoU, mDice), the signed con
 ratio and the pointing game. Metrics are averaged per category, then across categories, with
 percentile-bootstrap 95% confidence intervals (1000 resamples by default).
 
+``--protocol published`` scores instead as the published AFLoc code does (the 224 letterbox map
+with its padding, a 14 px border left out, floored boxes on that grid, ``>`` thresholds, NaN IoU
+for empty predictions, overlapping-box pixels out of CNR, per-category means per threshold; see
+:mod:`afloc_models.evaluation.published_protocol`): those are the numbers that compare with the
+paper's table. The default ``project`` protocol scores the map on the original pixel grid.
+
 Outputs in ``--out``: ``results.json`` (everything, per-sample records included), ``results.md``
 (tables) and ``overlays/*.png`` (heatmap and masks over the image for a sample of cases).
 
@@ -47,7 +53,9 @@ from afloc_models.evaluation.metrics import (
 )
 from afloc_models.evaluation.report import write_json, write_markdown, write_overlay
 
-__all__ = ["build_parser", "evaluate", "load_cases", "main", "summarize"]
+__all__ = ["build_parser", "evaluate", "evaluate_published", "load_cases", "main", "summarize"]
+
+PROTOCOLS = ("project", "published")
 
 FORMATS = ("auto", "mscxr", "rsna", "coco", "masks")
 #: Where a mask-folder table is looked for when ``--data`` is a folder.
@@ -190,6 +198,68 @@ def evaluate(
     return [records[i] for i in sorted(records)], skipped, kept
 
 
+def evaluate_published(
+    predictor: Any,
+    cases: Sequence[GroundTruthCase],
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Score every case with the published protocol on the predictor's input square.
+
+    Returns:
+        ``(records, skipped)`` as :func:`evaluate` (records hold ``iou@t`` and ``cnr``).
+    """
+    from tqdm import tqdm
+
+    from afloc_models.evaluation.published_protocol import case_counts, score_square
+    from afloc_models.inference.predictor import normalize_prompt
+
+    groups: OrderedDict[Path, list[int]] = OrderedDict()
+    for index, case in enumerate(cases):
+        groups.setdefault(case.image_path, []).append(index)
+    records: dict[int, dict[str, Any]] = {}
+    skipped: list[dict[str, str]] = []
+
+    def skip(index: int, reason: str) -> None:
+        case = cases[index]
+        skipped.append({"case_id": case.case_id, "image": str(case.image_path), "prompt": case.prompt, "reason": reason})
+
+    with tqdm(total=len(cases), desc="afloc-eval", unit="case", disable=not progress, file=sys.stderr) as bar:
+        for image_path, indices in groups.items():
+            usable = []
+            for index in indices:
+                try:
+                    normalize_prompt(cases[index].prompt)
+                    usable.append(index)
+                except AFLocError as exc:
+                    skip(index, str(exc))
+            squares, box = None, None
+            if usable:
+                try:
+                    squares, box = predictor.square_heatmaps(image_path, [cases[i].prompt for i in usable], level="deep")
+                except AFLocError as exc:
+                    for index in usable:
+                        skip(index, str(exc))
+                    usable = []
+            for position, index in enumerate(usable):
+                case = cases[index]
+                try:
+                    counts = case_counts(case, box.original_shape, box)
+                except AFLocError as exc:
+                    skip(index, str(exc))
+                    continue
+                record: dict[str, Any] = {
+                    "category": case.category,
+                    "case_id": case.case_id,
+                    "prompt": case.prompt,
+                    "image": str(case.image_path),
+                }
+                record.update(score_square(squares[position], counts, thresholds))
+                records[index] = record
+            bar.update(len(indices))
+    return [records[i] for i in sorted(records)], skipped
+
+
 def metric_names(thresholds: Sequence[float]) -> list[str]:
     names = ["miou", "mdice", "cnr", "pointing_game"]
     names += [f"iou@{t:g}" for t in thresholds] + [f"dice@{t:g}" for t in thresholds]
@@ -269,6 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         "holding findings.csv or ground_truth/findings.csv (phantom datastore)",
     )
     parser.add_argument("--out", required=True, type=Path, help="results folder (created)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="project",
+        help="project: maps on the original pixel grid (default); published: the published AFLoc "
+        "evaluation on the 224 letterbox square (compares with the paper's table)",
+    )
     parser.add_argument("--format", choices=FORMATS, default="auto", help="ground-truth format (default: detect)")
     parser.add_argument("--images", type=Path, help="image folder the table's paths are relative to")
     parser.add_argument(
@@ -325,6 +402,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         settings = HeatmapSettings(level=args.level, similarity=args.similarity)
         predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings)
+        if args.protocol == "published":
+            return _main_published(args, cases, fmt, predictor, started)
         chosen = _overlay_indices(len(cases), args.overlays)
         records, skipped, kept = evaluate(
             predictor,
@@ -362,6 +441,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "skipped": len(skipped),
             },
             "protocol": {
+                "name": "project",
                 "heatmap_normalisation": "min-max to [-1, 1] per image and prompt",
                 "thresholds": list(args.thresholds),
                 "empty_prediction": args.empty,
@@ -392,6 +472,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"CNR {overall['cnr']['mean']:.3f}, pointing game {overall['pointing_game']['mean']:.3f}"
     )
     print(f"afloc-eval: wrote {out / 'results.json'}, {out / 'results.md'} and {len(overlay_names)} overlays")
+    if not records:
+        print("afloc-eval: error: no case could be scored; see skipped_cases in results.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _main_published(args: argparse.Namespace, cases: list, fmt: str, predictor: Any, started: float) -> int:
+    """``--protocol published``: score, write results.json / results.md, print the summary."""
+    from afloc_models.evaluation.published_protocol import MARGIN, summarize_published
+
+    if args.level != "deep":
+        raise ConfigError("--protocol published scores the deep-level map; drop --level")
+    records, skipped = evaluate_published(predictor, cases, thresholds=args.thresholds, progress=not args.quiet)
+    summary = summarize_published(records, args.thresholds)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    results = {
+        "tool": "afloc-eval",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": {"path": str(args.checkpoint), "model_version": predictor.model_version, "compat": predictor.compat},
+        "data": {"path": str(args.data), "format": fmt, "cases": len(cases), "evaluated": len(records), "skipped": len(skipped)},
+        "protocol": {
+            "name": "published",
+            "grid": f"{predictor.input_size} px letterbox square, padding included",
+            "margin_px": MARGIN,
+            "thresholds": list(args.thresholds),
+            "threshold_rule": "heatmap > t",
+            "empty_prediction": "NaN (left out)",
+            "aggregation": "per threshold: mean per category, then across categories; then mean over thresholds",
+            "recipe": predictor.settings.recipe,
+        },
+        "published": summary,
+        "samples": records,
+        "skipped_cases": skipped,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(out / "results.json", results)
+    write_markdown(out / "results.md", results)
+    print(
+        f"afloc-eval: published protocol, {len(records)} of {len(cases)} cases scored ({len(skipped)} skipped) in "
+        f"{results['seconds']:.1f} s; mIoU {summary['miou']:.3f}, CNR {summary['cnr']:.3f}"
+    )
+    print(f"afloc-eval: wrote {out / 'results.json'} and {out / 'results.md'}")
     if not records:
         print("afloc-eval: error: no case could be scored; see skipped_cases in results.json", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ __all__ = [
     "markdown_report",
     "overlay",
     "to_jsonable",
+    "published_markdown",
     "write_json",
     "write_markdown",
     "write_overlay",
@@ -173,7 +174,36 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def published_markdown(results: Mapping[str, Any]) -> str:
+    """Tables of a ``--protocol published`` run (point estimates, as the published code reports)."""
+    summary = results["published"]
+    checkpoint = results.get("checkpoint", {})
+    data = results.get("data", {})
+    lines = [
+        "# afloc-eval (published protocol)",
+        "",
+        f"Checkpoint `{checkpoint.get('model_version')}` (compat {checkpoint.get('compat')}), "
+        f"{data.get('evaluated')} of {data.get('cases')} cases scored on the letterbox square.",
+        "",
+        *_table(
+            ["metric", "value"],
+            [["mIoU", _fmt(summary["miou"])], ["CNR", _fmt(summary["cnr"])]]
+            + [[f"IoU (heatmap > {t})", _fmt(v)] for t, v in summary["iou_per_threshold"].items()],
+        ),
+        "",
+        *_table(
+            ["category", "n", "mIoU", "CNR"],
+            [[c, str(v["n"]), _fmt(v.get("miou")), _fmt(v.get("cnr"))] for c, v in summary["per_category"].items()],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_markdown(path: str | os.PathLike, results: Mapping[str, Any]) -> Path:
+    """Write the tables of ``results`` (either protocol) atomically."""
+    if results.get("protocol", {}).get("name") == "published":
+        return _atomic_write_text(Path(path), published_markdown(results))
     return _atomic_write_text(Path(path), markdown_report(results))
 
 

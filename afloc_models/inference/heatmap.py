@@ -13,12 +13,20 @@ The path for one image and P prompts:
 5. :func:`threshold_mask` and :func:`mask_boxes`: ``heatmap >= threshold`` and one box per
    8-connected component.
 
-Defaults (see :class:`HeatmapSettings`): the publication's deep-level map (deep local
-features vs the prompt's sentence embedding) with the raw inner product, smoothing sigma of half
-a deep-feature cell, threshold 0.3 on the ``[-1, 1]`` map (the middle of the protocol's
-0.1 ... 0.5 sweep). The inner product is what the training attention scores regions with; on the
-phantom benchmark it gave CNR 2.0 against 1.2 for cosine, with an equal or better pointing game
-(docs/training.md).
+Two recipes (:attr:`HeatmapSettings.recipe`; ``auto`` follows the checkpoint's ``compat``):
+
+- ``project`` (models trained here): deep local features vs the prompt's *sentence* embedding
+  with the raw inner product, upsampled to the square, then smoothed there with sigma half a
+  deep-feature cell. The inner product is what the training attention scores regions with; on
+  the phantom benchmark it gave CNR 2.0 against 1.2 for cosine, with an equal or better pointing
+  game (docs/training.md).
+- ``published`` (imported checkpoints; :func:`published_squares`): the published
+  ``inference.py`` map: deep local features . the prompt's *report* embedding, Gaussian
+  smoothing with sigma 1.5 grid cells on the feature grid (scipy's defaults: mirror edges,
+  truncated at 4 sigma), then bilinear resizing to the square.
+
+Both then go back to the original grid and to ``[-1, 1]`` the same way. The default threshold is
+0.3 on the ``[-1, 1]`` map (the middle of the protocol's 0.1 ... 0.5 sweep).
 """
 
 from __future__ import annotations
@@ -43,8 +51,10 @@ __all__ = [
     "fuse",
     "mask_boxes",
     "normalize_unit",
+    "published_squares",
     "render_heatmaps",
     "shallow_similarity",
+    "square_heatmaps",
     "smooth",
     "threshold_mask",
     "to_original_heatmap",
@@ -52,6 +62,10 @@ __all__ = [
 ]
 
 Level = Literal["deep", "shallow", "fused"]
+Recipe = Literal["auto", "project", "published"]
+RECIPES: tuple[str, ...] = ("auto", "project", "published")
+#: Smoothing of the published recipe, in feature-grid cells (``eval/common.py``'s sigma).
+PUBLISHED_SIGMA_CELLS = 1.5
 Similarity = Literal["cosine", "dot"]
 LEVELS: tuple[str, ...] = ("deep", "shallow", "fused")
 SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
@@ -76,6 +90,9 @@ class HeatmapSettings:
             ResNet); 0 disables smoothing.
         threshold: mask threshold on the ``[-1, 1]`` heatmap.
         box_score: a box's score is the ``max`` or ``mean`` heat inside its component.
+        recipe: ``project``, ``published`` (see the module docstring; the published recipe
+            applies to the ``deep`` level, with the dot product, and ignores ``sigma_cells``)
+            or ``auto`` (the predictor picks the checkpoint's ``compat``).
     """
 
     level: Level = "deep"
@@ -84,9 +101,12 @@ class HeatmapSettings:
     sigma_cells: float = 0.5
     threshold: float = DEFAULT_THRESHOLD
     box_score: Literal["max", "mean"] = "max"
+    recipe: Recipe = "auto"
 
     def __post_init__(self) -> None:
         check_level(self.level)
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.similarity not in SIMILARITIES:
             raise ConfigError(f"similarity must be one of {', '.join(SIMILARITIES)}, got {self.similarity!r}")
         if self.box_score not in BOX_SCORES:
@@ -220,6 +240,18 @@ def _normalize_content(squares: torch.Tensor, box: Letterbox) -> torch.Tensor:
     return 2.0 * (squares - low) / span - 1.0
 
 
+def published_squares(maps: torch.Tensor, size: int, sigma_cells: float = PUBLISHED_SIGMA_CELLS) -> torch.Tensor:
+    """The published map: ``[P, h, w]`` grid maps smoothed on the grid, then resized to ``[P, size, size]``.
+
+    Smoothing is scipy's ``gaussian_filter`` with its defaults (mirror edges, 4 sigma) on the
+    float32 grid, resizing is bilinear with ``align_corners=False``, as ``eval/common.py`` does.
+    """
+    grids = maps.detach().float().cpu().numpy()
+    smoothed = np.stack([ndimage.gaussian_filter(g, sigma=(sigma_cells, sigma_cells), order=0) for g in grids])
+    out = F.interpolate(torch.from_numpy(smoothed)[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    return out[:, 0]
+
+
 def smooth(square: np.ndarray, sigma_px: float) -> np.ndarray:
     """Gaussian smoothing of one ``[S, S]`` map (edge values extended); ``sigma_px <= 0``: unchanged."""
     if sigma_px <= 0:
@@ -314,6 +346,39 @@ def mask_boxes(mask: np.ndarray, heatmap: np.ndarray, score: str = "max") -> lis
 # --------------------------------------------------------------------------------------------
 
 
+def square_heatmaps(
+    box: Letterbox,
+    settings: HeatmapSettings,
+    deep_maps: torch.Tensor | None = None,
+    shallow_maps: torch.Tensor | None = None,
+    level: str | None = None,
+) -> np.ndarray:
+    """Similarity maps of one image's prompts -> float32 ``[P, S, S]`` maps over the letterbox square.
+
+    The maps are not normalised and cover the padding too (the published evaluation scores
+    them so). The published recipe applies to the ``deep`` level, other levels use the project
+    recipe; ``auto`` means ``project`` here (the predictor resolves it from the checkpoint).
+    """
+    level = check_level(level or settings.level)
+    size = box.size
+    if level in ("deep", "fused") and deep_maps is None:
+        raise ValueError(f"level {level!r} needs deep_maps")
+    if level in ("shallow", "fused") and shallow_maps is None:
+        raise ValueError(f"level {level!r} needs shallow_maps")
+    if level == "deep" and settings.recipe == "published":
+        return published_squares(deep_maps, size).numpy()
+    if level == "deep":
+        squares = to_square(deep_maps, size)
+    elif level == "shallow":
+        squares = to_square(shallow_maps, size)
+    else:
+        squares = fuse(to_square(deep_maps, size), to_square(shallow_maps, size), box, settings.fused_weights)
+    # Smoothing is defined in deep-feature cells so it scales with the input size.
+    deep_cells = deep_maps.shape[-1] if deep_maps is not None else max(1, shallow_maps.shape[-1] // 2)
+    sigma_px = settings.sigma_cells * size / deep_cells
+    return np.stack([smooth(square, sigma_px) for square in squares.detach().cpu().numpy()])
+
+
 def render_heatmaps(
     box: Letterbox,
     settings: HeatmapSettings,
@@ -325,7 +390,7 @@ def render_heatmaps(
 
     Args:
         box: the letterbox of the image (its ``size`` is the model input square S).
-        settings: smoothing and fusion settings.
+        settings: recipe, smoothing and fusion settings.
         deep_maps: ``[P, h3, w3]`` from :func:`deep_similarity` (needed for ``deep``/``fused``).
         shallow_maps: ``[P, h2, w2]`` from :func:`shallow_similarity` (``shallow``/``fused``).
         level: overrides ``settings.level``.
@@ -333,21 +398,5 @@ def render_heatmaps(
     Returns:
         P heatmaps on the original pixel grid.
     """
-    level = check_level(level or settings.level)
-    size = box.size
-    if level in ("deep", "fused") and deep_maps is None:
-        raise ValueError(f"level {level!r} needs deep_maps")
-    if level in ("shallow", "fused") and shallow_maps is None:
-        raise ValueError(f"level {level!r} needs shallow_maps")
-    if level == "deep":
-        squares = to_square(deep_maps, size)
-    elif level == "shallow":
-        squares = to_square(shallow_maps, size)
-    else:
-        squares = fuse(to_square(deep_maps, size), to_square(shallow_maps, size), box, settings.fused_weights)
-    # Smoothing is defined in deep-feature cells so it scales with the input size.
-    deep_cells = deep_maps.shape[-1] if deep_maps is not None else max(1, shallow_maps.shape[-1] // 2)
-    sigma_px = settings.sigma_cells * size / deep_cells
-    squares_np = squares.detach().cpu().numpy()
-    return [to_original_heatmap(smooth(square, sigma_px), box) for square in squares_np]
-
+    squares = square_heatmaps(box, settings, deep_maps, shallow_maps, level)
+    return [to_original_heatmap(square, box) for square in squares]

@@ -29,6 +29,7 @@ several threads may call one predictor at once.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from afloc_models.imaging import (
     Letterbox,
     LoadedImage,
     letterbox,
+    letterbox_published,
     read_image,
     to_grayscale,
 )
@@ -59,6 +61,7 @@ from afloc_models.inference.heatmap import (
     mask_boxes,
     render_heatmaps,
     shallow_similarity,
+    square_heatmaps,
     threshold_mask,
 )
 from afloc_models.model import AFLoc
@@ -306,7 +309,9 @@ class AFLocPredictor:
             eval mode and its image encoder switched to channels-last memory format, in place.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         cache_size: images kept in the feature cache (0 disables caching).
-        settings: heatmap settings (level, smoothing, threshold, similarity).
+        settings: heatmap settings (level, smoothing, threshold, similarity, recipe). A recipe
+            of ``auto`` becomes the checkpoint's ``compat``: ``published`` for imported
+            checkpoints (the published map and preprocessing), ``project`` otherwise.
         text_cache_size: prompts kept in the text-embedding cache.
         batch_size: images per encoder call in :meth:`localize_batch`.
         precision: ``float32`` (default) or ``bfloat16``: the model's weights are converted and
@@ -341,7 +346,11 @@ class AFLocPredictor:
         # NHWC convolutions run 2-3x faster on CPU (oneDNN) and use tensor cores on GPU.
         self.model.image_encoder.to(memory_format=torch.channels_last)
         self.config = model.config
-        self.settings = settings or HeatmapSettings()
+        self.compat = str(self.config.compat)
+        settings = settings or HeatmapSettings()
+        if settings.recipe == "auto":
+            settings = dataclasses.replace(settings, recipe=self.compat)
+        self.settings = settings
         self.batch_size = int(batch_size)
         self.model_version = str(model.meta.get("version", "unknown"))
         self.input_size = int(input_size or self.config.data.inference_size)
@@ -365,6 +374,7 @@ class AFLocPredictor:
             self.in_channels,
             self.model_version,
             precision,
+            self.compat,
         )
 
     @classmethod
@@ -453,6 +463,26 @@ class AFLocPredictor:
         texts = self._encode_texts([t for p in parsed for t in (p.text, p.opposite)])
         return {p.given: self._probability(entry, texts[p.text], texts[p.opposite]) for p in parsed}
 
+    def square_heatmaps(
+        self, image: ImageInput, prompts: Union[str, Sequence[str]], level: Optional[str] = None
+    ) -> tuple[np.ndarray, Letterbox]:
+        """Raw maps over the model's letterboxed input square, before going back to the image.
+
+        These are what the published ``inference.py`` returns (for a ``published`` checkpoint
+        the same numbers) and what ``afloc-eval --protocol published`` scores: ``[P, S, S]``
+        float32, padding included, not normalised. A negated prompt maps its finding, as in
+        :meth:`localize`.
+
+        Returns:
+            ``(maps, letterbox)``: the maps and where the image sits in the square.
+        """
+        parsed = _prompt_list(prompts)
+        level = check_level(level or self.settings.level)
+        (entry,) = self._encode_images([image])
+        texts = self._encode_texts([p.mapped for p in parsed])
+        deep_maps, shallow_maps = self._similarity_maps(entry, [texts[p.mapped] for p in parsed], level)
+        return square_heatmaps(entry.box, self.settings, deep_maps, shallow_maps, level=level), entry.box
+
     @property
     def encoder_counts(self) -> EncoderCounts:
         """Encoder calls so far (the feature caches' effect shows here, not in timings)."""
@@ -512,10 +542,14 @@ class AFLocPredictor:
         )
 
     def _prepare_pixels(self, pixels: np.ndarray, spacing: Optional[tuple[float, float]]) -> _Prepared:
-        # Colour to gray before resizing, gray to colour after: resample as few planes as possible.
-        if self.in_channels == 1 and pixels.ndim == 3:
-            pixels = to_grayscale(pixels)
-        square, box = letterbox(pixels, self.input_size)
+        if self.compat == "published":
+            # 8-bit grayscale, area-averaged letterbox: the published preprocessing.
+            square, box = letterbox_published(pixels, self.input_size)
+        else:
+            # Colour to gray before resizing, gray to colour after: resample as few planes as possible.
+            if self.in_channels == 1 and pixels.ndim == 3:
+                pixels = to_grayscale(pixels)
+            square, box = letterbox(pixels, self.input_size)
         if self.in_channels == 3 and square.ndim == 2:
             square = np.repeat(square[:, :, None], 3, axis=2)
         key = array_key(square, box.original_shape, self._preprocessing)
@@ -570,11 +604,13 @@ class AFLocPredictor:
             with torch.inference_mode():
                 features = self.model.encode_text(tokens)
             self._count(text_calls=1, texts=len(missing))
+            # Published text levels start with the [CLS] unit; a prompt's words and sentence follow it.
+            first = 1 if self.compat == "published" else 0
             for i, text in enumerate(missing):
                 n_words = int(features.n_words[i])
                 entry = _TextEntry(
-                    words=features.words[i, :, :n_words].float().contiguous(),
-                    sentence=features.sentences[i, :, 0].float(),
+                    words=features.words[i, :, first:n_words].float().contiguous(),
+                    sentence=features.sentences[i, :, first].float(),
                     report=features.report[i].float(),
                 )
                 self._texts.put(text, entry)
@@ -592,18 +628,7 @@ class AFLocPredictor:
         probability: bool,
     ) -> Localization:
         mapped = [texts[p.mapped] for p in prompts]
-        similarity = self.settings.similarity
-        deep_maps = shallow_maps = None
-        if level in ("deep", "fused"):
-            sentences = torch.stack([t.sentence for t in mapped])  # [P, D]
-            deep_maps = deep_similarity(image.deep, sentences, similarity)
-        if level in ("shallow", "fused"):
-            width = max(t.words.shape[1] for t in mapped)
-            words = torch.zeros(len(mapped), image.shallow.shape[0], width, device=image.shallow.device)
-            for i, t in enumerate(mapped):
-                words[i, :, : t.words.shape[1]] = t.words
-            n_words = torch.tensor([t.words.shape[1] for t in mapped])
-            shallow_maps = shallow_similarity(image.shallow, words, n_words, similarity)
+        deep_maps, shallow_maps = self._similarity_maps(image, mapped, level)
         heatmaps = render_heatmaps(image.box, self.settings, deep_maps, shallow_maps, level=level)
         results = []
         for prompt, heatmap in zip(prompts, heatmaps):
@@ -634,6 +659,27 @@ class AFLocPredictor:
             model_version=self.model_version,
             results=results,
         )
+
+    def _similarity_maps(
+        self, image: _ImageEntry, mapped: list[_TextEntry], level: str
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Grid maps ``[P, h, w]`` of the deep and/or shallow level for the mapped prompts."""
+        similarity = self.settings.similarity
+        deep_maps = shallow_maps = None
+        if level in ("deep", "fused"):
+            if self.settings.recipe == "published" and level == "deep":
+                # The published map: deep features . report embedding, raw inner product.
+                deep_maps = deep_similarity(image.deep, torch.stack([t.report for t in mapped]), "dot")
+            else:
+                deep_maps = deep_similarity(image.deep, torch.stack([t.sentence for t in mapped]), similarity)
+        if level in ("shallow", "fused"):
+            width = max(t.words.shape[1] for t in mapped)
+            words = torch.zeros(len(mapped), image.shallow.shape[0], width, device=image.shallow.device)
+            for i, t in enumerate(mapped):
+                words[i, :, : t.words.shape[1]] = t.words
+            n_words = torch.tensor([t.words.shape[1] for t in mapped])
+            shallow_maps = shallow_similarity(image.shallow, words, n_words, similarity)
+        return deep_maps, shallow_maps
 
     def _probability(self, image: _ImageEntry, statement: _TextEntry, opposite: _TextEntry) -> float:
         scale = float(self.config.loss.temp3)
