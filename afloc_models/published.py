@@ -431,6 +431,36 @@ def import_published(
     return model, ignored
 
 
+def convert_once(ckpt: Union[str, Path], text_model: Union[str, Path, None], cache_dir: Union[str, Path]) -> Path:
+    """The checkpoint folder converted from ``ckpt``, made on first use and reused after.
+
+    The folder is ``cache_dir/<file stem>-<key>``, keyed by the file's resolved path, size and
+    modification time and the text folder, so a replaced file converts again. It is written
+    atomically (:meth:`AFLoc.save_pretrained`), so a crash never leaves a half folder in use.
+
+    Raises:
+        CheckpointError: no text model folder given, or the import fails.
+    """
+    import hashlib
+
+    ckpt = Path(ckpt)
+    if text_model is None:
+        raise CheckpointError(
+            f"'{ckpt}' is a published .ckpt: also give the local folder of its text model "
+            "(--conf text_model /models/Bio_ClinicalBERT)"
+        )
+    if not ckpt.is_file():
+        raise CheckpointError(f"checkpoint file '{ckpt}' does not exist")
+    stat = ckpt.stat()
+    key = f"{ckpt.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{Path(text_model).resolve()}"
+    target = Path(cache_dir) / f"{ckpt.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (target / "model.safetensors").is_file() and (target / "config.yaml").is_file():
+        return target
+    logger.info("converting published checkpoint %s into %s (once)", ckpt, target)
+    model, _ = import_published(ckpt, text_model)
+    return model.save_pretrained(target)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Convert the published AFLoc .ckpt into an AFLoc checkpoint folder")
     parser.add_argument("--ckpt", required=True, help="published Lightning checkpoint (.ckpt)")

@@ -1,7 +1,8 @@
 """Train AFLoc on image-report pairs: one process, or several under ``torchrun``.
 
-:func:`train` runs the loop: Adam with a warm-up + cosine schedule (a smaller learning rate for the
-pretrained text body), gradient clipping, bf16 autocast on GPU (fp32 on CPU, where it is
+:func:`train` runs the loop: Adam (``optim.betas``) with a warm-up + cosine schedule or the
+published per-epoch step schedule (``optim.scheduler: step``), a smaller learning rate for the
+pretrained text body, gradient clipping, bf16 autocast on GPU (fp32 on CPU, where it is
 bit-for-bit reproducible given the seed), a validation loss after every epoch, TensorBoard
 scalars and a tqdm progress bar.
 
@@ -263,18 +264,28 @@ class _ResumableSampler(DistributedSampler):
 
 
 def lr_factor(
-    step: int, total: int, warmup: int, scheduler: str, time_fraction: Optional[float] = None
+    step: int,
+    total: int,
+    warmup: int,
+    scheduler: str,
+    time_fraction: Optional[float] = None,
+    steps_per_epoch: int = 1,
+    gamma: float = 0.9,
 ) -> float:
     """Multiplier of the base learning rate before update ``step`` (0-based).
 
     Linear warm-up over ``warmup`` steps, then a cosine from 1 to 0 at step ``total``. With a time
     budget, ``time_fraction`` (share of it used so far) advances the cosine too, so the rate
-    reaches 0 at whichever comes first, the planned steps or the deadline.
+    reaches 0 at whichever comes first, the planned steps or the deadline. ``step``: the
+    published schedule (``StepLR(step_size=1, gamma)`` stepped once per epoch), ``gamma`` to the
+    power of the completed epochs.
     """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if scheduler == "constant":
         return 1.0
+    if scheduler == "step":
+        return float(gamma ** (step // max(1, steps_per_epoch)))
     span = max(1, total - warmup)
     progress = min(1.0, max((step - warmup) / span, time_fraction or 0.0))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -529,8 +540,8 @@ class _Run:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim
-        if optim.scheduler not in ("cosine", "constant"):
-            raise ConfigError(f"optim.scheduler must be 'cosine' or 'constant', got '{optim.scheduler}'")
+        if optim.scheduler not in ("cosine", "constant", "step"):
+            raise ConfigError(f"optim.scheduler must be 'cosine', 'constant' or 'step', got '{optim.scheduler}'")
         body = {id(p) for p in self.model.text_encoder.model.parameters()}
         trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
@@ -543,7 +554,9 @@ class _Run:
         self.trainable = [p for g in groups for p in g["params"]]
         # The fused kernel updates all tensors in one pass: ~10x faster than the per-tensor loop on CPU.
         fused = True if self.ctx.device.type in ("cpu", "cuda") else None
-        return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=fused)
+        return torch.optim.Adam(
+            groups, lr=optim.lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas), fused=fused
+        )
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -749,7 +762,7 @@ class _Run:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
                 self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler,
-                time_fraction,
+                time_fraction, steps_per_epoch=self.steps_per_epoch, gamma=self.config.optim.step_gamma,
             )
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()

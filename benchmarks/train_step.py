@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(0)
     config = preset("publication")
+    config.compat = "published"  # the published objective, so both variants compute the same losses
     config.image.arch = args.arch or ("resnet50" if gpu else "resnet18")
     config.text.max_tokens = args.tokens
     if args.chunk is not None:

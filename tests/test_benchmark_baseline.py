@@ -1,9 +1,14 @@
-"""The benchmark's published-way step computes the same losses as the vectorised model."""
+"""The benchmark's published-way step computes the published objective, equal to the vectorised
+model in ``compat: published`` (the published units: [CLS] at both local levels, periods as words,
+report over the token window)."""
 
 from __future__ import annotations
 
 import torch
 
+import pytest
+
+from afloc_models.config import AFLocConfig, preset
 from afloc_models.model import AFLoc
 from benchmarks.published_way import local_loss_text_loop, published_step_loss
 from benchmarks.train_step import make_reports
@@ -12,13 +17,16 @@ from afloc_models.losses import local_loss
 
 def test_published_way_equals_ours():
     torch.manual_seed(0)
-    model = AFLoc("small").eval()
+    model = AFLoc(AFLocConfig.from_dict({"compat": "published"}, base=preset("small"))).eval()
     tokens = model.tokenize(make_reports(4, seed=1))
+    assert (tokens.word_sentence == -2).any()  # periods between sentences are words
     images = torch.randn(4, 1, 64, 64)
     ours = model(images, tokens)
     theirs = published_step_loss(model, images, tokens)
     for name in ("word", "sentence", "global_", "total"):
         assert torch.allclose(getattr(ours, name), getattr(theirs, name), atol=1e-4), name
+    with pytest.raises(ValueError, match="compat: published"):
+        published_step_loss(AFLoc("small").eval(), images, tokens)
 
 
 def test_text_loop_local_loss_equals_vectorised():

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,23 @@ def test_unreadable_checkpoint_and_cli_errors(ckpt, text_folder, tmp_path, capsy
     assert main(["--ckpt", str(ckpt), "--text-model", str(text_folder), "--out", str(tmp_path / "ok")]) == 0
     assert "position_ids" in capsys.readouterr().out
     assert AFLoc.from_pretrained(tmp_path / "ok").config.compat == "published"
+
+
+def test_server_store_converts_a_ckpt_once(ckpt, text_folder, tmp_path):
+    """``--conf checkpoint afloc.ckpt --conf text_model DIR``: converted once into model/imported."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "afloc_label"))
+    try:
+        from lib.checkpoints import ModelStore
+    finally:
+        sys.path.pop(0)
+    store = ModelStore(tmp_path / "model", ckpt, text_model=text_folder)
+    folder = store.base_checkpoint
+    assert folder.parent == tmp_path / "model" / "imported" and folder.name.startswith("afloc-")
+    served = store.served()
+    assert served is not None and served.source == "base" and served.version == "published:afloc.ckpt"
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    again = ModelStore(tmp_path / "model", ckpt, text_model=text_folder)
+    assert again.base_checkpoint == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert AFLoc.from_pretrained(folder).config.compat == "published"
+    with pytest.raises(CheckpointError, match="--conf text_model"):
+        ModelStore(tmp_path / "model2", ckpt)

@@ -362,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--similarity", choices=("dot", "cosine"), default="dot", help="feature similarity of the maps")
     parser.add_argument("--level", choices=("deep", "shallow", "fused"), default="deep", help="feature level")
+    parser.add_argument(
+        "--recipe",
+        choices=("auto", "project", "published"),
+        default="auto",
+        help="heatmap recipe (auto: the checkpoint's compat; see docs/inference.md)",
+    )
     parser.add_argument("--bootstrap", type=_non_negative, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--overlays", type=_non_negative, default=16, help="overlay PNGs to write (0: none)")
     parser.add_argument("--limit", type=_non_negative, default=0, help="evaluate only the first N cases (0: all)")
@@ -400,10 +406,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from afloc_models.inference.heatmap import DEFAULT_THRESHOLD, HeatmapSettings
         from afloc_models.inference.predictor import AFLocPredictor
 
-        settings = HeatmapSettings(level=args.level, similarity=args.similarity)
-        predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings)
+        settings = HeatmapSettings(level=args.level, similarity=args.similarity, recipe=args.recipe)
         if args.protocol == "published":
+            from afloc_models.evaluation.published_protocol import GRID
+
+            # The published evaluation reads every map on the 224 px square.
+            predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings, input_size=GRID)
             return _main_published(args, cases, fmt, predictor, started)
+        predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings)
         chosen = _overlay_indices(len(cases), args.overlays)
         records, skipped, kept = evaluate(
             predictor,
@@ -447,6 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "empty_prediction": args.empty,
                 "similarity": args.similarity,
                 "level": args.level,
+                "recipe": predictor.settings.recipe,
                 "aggregation": "mean per category, then mean across categories",
                 "bootstrap": args.bootstrap,
                 "confidence": 0.95,

@@ -14,7 +14,9 @@ every datastore image with a report). Report-driven drafts of the whole datastor
 ``--conf`` keys:
 
 - ``checkpoint``: base AFLoc checkpoint folder served until a training run is published
-  (default: ``$AFLOC_CHECKPOINT``, else ``<repo>/demo/checkpoint`` when it exists).
+  (default: ``$AFLOC_CHECKPOINT``, else ``<repo>/demo/checkpoint`` when it exists), or the
+  published AFLoc ``.ckpt`` file (converted once into ``<model_dir>/imported``).
+- ``text_model``: local folder of the published checkpoint's text model (with a ``.ckpt``).
 - ``model_dir``: where training runs and the ``current`` link live (default ``<app>/model``).
 - ``device``: ``auto`` (default), ``cpu`` or ``cuda[:N]``.
 - ``preload``: load the model when the server starts (default ``true``).
@@ -106,7 +108,9 @@ class AFLocLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
         conf = conf or {}
         self.model_dir = _path(conf.get("model_dir")) or Path(app_dir) / "model"
-        self.store = ModelStore(self.model_dir, _base_checkpoint(conf.get("checkpoint")))
+        self.store = ModelStore(
+            self.model_dir, _base_checkpoint(conf.get("checkpoint")), text_model=_path(conf.get("text_model"))
+        )
         self.served = ServedModel(self.store, device=conf.get("device", "auto"))
         self._preload = parse_bool(conf.get("preload"), "preload", True)
         self._threads = _thread_count(conf.get("threads"))

@@ -8,6 +8,9 @@ Layout of the model folder (``--conf model_dir``, default ``<app>/model``)::
         20250101-120000-4242/                  # one AFLoc checkpoint folder per training run
       train_stats.json                         # summary of the latest training run
 
+The base checkpoint may also be the published AFLoc ``.ckpt`` file (with ``--conf text_model``):
+it is converted once into ``model/imported/<name>-<key>`` and that folder is served.
+
 The served checkpoint is ``model/current`` when it points at a complete checkpoint, else the
 base checkpoint given at start (``--conf checkpoint``), else none. A training run writes into a
 fresh ``runs/<id>`` folder and only a finished, complete run is published, by replacing the
@@ -76,9 +79,13 @@ def checkpoint_problem(folder: Path) -> Optional[str]:
 class ModelStore:
     """The served checkpoint (trained or base) and the publication of new ones."""
 
-    def __init__(self, model_dir: Path, base_checkpoint: Optional[Path] = None):
+    def __init__(self, model_dir: Path, base_checkpoint: Optional[Path] = None, text_model: Optional[Path] = None):
         self.model_dir = Path(model_dir)
         self.base_checkpoint = Path(base_checkpoint) if base_checkpoint else None
+        if self.base_checkpoint is not None and self.base_checkpoint.is_file():
+            from afloc_models.published import convert_once  # torch: only for a .ckpt base
+
+            self.base_checkpoint = convert_once(self.base_checkpoint, text_model, self.model_dir / "imported")
         self._versions: dict[tuple, tuple[str, Optional[str]]] = {}
 
     @property
