@@ -128,6 +128,13 @@ class DataConfig:
     augment: float = 0.0
     #: Of the augmented images, the share also inverted (a MONOCHROME1 file read as MONOCHROME2).
     augment_invert: float = 0.0
+    #: Training sees, per item and epoch, a random subset (1 .. n-1 of n sentences) of its report
+    #: in random order, as the published data module does (``random_combine``); off: every
+    #: sentence in report order.
+    sample_sentences: bool = False
+    #: Training drops report sentences with fewer words (the published code keeps 2 or more);
+    #: a report with no sentence that long keeps its sentences.
+    min_sentence_words: int = 1
 
     @property
     def inference_size(self) -> int:
@@ -205,6 +212,8 @@ def validate(config: AFLocConfig) -> AFLocConfig:
     betas = config.optim.betas
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
+    if config.data.min_sentence_words < 1:
+        raise ConfigError(f"data.min_sentence_words must be at least 1, got {config.data.min_sentence_words}")
     if not 0.0 < config.optim.step_gamma <= 1.0:
         raise ConfigError(f"optim.step_gamma must be in (0, 1], got {config.optim.step_gamma}")
     return config
@@ -239,6 +248,7 @@ def preset(name: str) -> AFLocConfig:
             compat="published",
             image=ImageEncoderConfig(working_size=299),
             optim=OptimConfig(epochs=5, scheduler="step", betas=(0.5, 0.999), step_gamma=0.9),
+            data=DataConfig(sample_sentences=True, min_sentence_words=2),
         )
     if name == "small":
         return AFLocConfig(

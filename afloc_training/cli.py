@@ -2,7 +2,7 @@
 
 One process::
 
-    afloc-train --data DIR_OR_CSV --out CKPT_DIR [--config small|publication|FILE.yaml]
+    afloc-train --data DIR_OR_CSV --out CKPT_DIR [--config small|publication|published|FILE.yaml]
                 [--epochs N | --max-steps N | --max-minutes M] [--resume] [--seed S] [--init-from CKPT]
 
 Several processes (one per GPU, or gloo on CPU)::
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "CR/DX images with the reports of their studies' SR instances)",
     )
     parser.add_argument("--out", required=True, help="checkpoint folder to write (loadable at any time during training)")
-    parser.add_argument("--config", default=None, help="preset (small, publication) or YAML file; default small")
+    parser.add_argument("--config", default=None, help="preset (small, publication, published) or YAML file; default small")
     parser.add_argument("--epochs", type=_positive_int, default=None, help="total epochs (default: the config's)")
     parser.add_argument("--max-steps", type=_positive_int, default=None, help="total optimiser steps (global batches)")
     parser.add_argument("--max-minutes", type=_positive_float, default=None, help="stop and save after this much time; the cosine schedule ends then")

@@ -453,7 +453,18 @@ class PairDataset(Dataset):
         except ImageReadError as exc:
             logger.warning("skipped unreadable image: %s", exc)
             return Skipped(index=index, path=str(pair.image), reason=exc.reason)
-        return Sample(image=self.transform(pixels, index), sentences=pair.sentences, index=index)
+        return Sample(image=self.transform(pixels, index), sentences=self.sentences(pair.sentences, index), index=index)
+
+    def sentences(self, sentences: tuple[str, ...], index: int) -> tuple[str, ...]:
+        """The report sentences item ``index`` trains on this epoch (``data.min_sentence_words``,
+        ``data.sample_sentences``; reproducible from ``(seed, epoch, index)`` like the crops)."""
+        long_enough = tuple(s for s in sentences if len(s.split()) >= self.data.min_sentence_words)
+        sentences = long_enough or sentences
+        if not (self.train and self.data.sample_sentences) or len(sentences) < 2:
+            return sentences
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        chosen = rng.choice(len(sentences), size=int(rng.integers(1, len(sentences))), replace=False)
+        return tuple(sentences[i] for i in chosen)
 
     def transform(self, pixels: np.ndarray, index: int) -> torch.Tensor:
         """``[H, W]`` or ``[H, W, 3]`` pixels in [0, 1] -> ``[C, crop, crop]`` normalised tensor."""

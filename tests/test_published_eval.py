@@ -79,15 +79,16 @@ def test_the_two_protocols_differ_on_the_same_map_and_box():
     h, w = 600, 480
     box = Letterbox.for_shape((h, w), 224, floor=True)
     yy, xx = np.mgrid[0:224, 0:224]
-    square = np.exp(-((yy - 120) ** 2 + (xx - 100) ** 2) / (2 * 25.0**2)).astype(np.float32)
-    case = GroundTruthCase(image_path="a.png", category="c", prompt="x", boxes=((150.0, 200.0, 160.0, 180.0),))
+    square = np.exp(-((yy - 30) ** 2 + (xx - 60) ** 2) / (2 * 25.0**2)).astype(np.float32)
+    # A finding at the top edge: the published border and padding change what is scored.
+    case = GroundTruthCase(image_path="a.png", category="c", prompt="x", boxes=((20.0, 0.0, 160.0, 150.0),))
     published = score_square(square, case_counts(case, (h, w), box))
     original = box.to_original(square)
     project = threshold_sweep(original, case.mask((h, w)))
-    assert box_to_grid(case.boxes[0], w, h) == (78, 74, 59, 67)  # 224/600 scale, 22 px left padding
+    assert box_to_grid(case.boxes[0], w, h) == (29, 0, 59, 56)  # 224/600 scale, 22 px left padding, floored
     p_miou = np.mean([published[f"iou@{t:g}"] for t in (0.1, 0.2, 0.3, 0.4, 0.5)])
-    assert abs(p_miou - project["miou"]) > 1e-3
-    assert abs(published["cnr"] - cnr(original, case.mask((h, w)))) > 1e-3
+    assert p_miou == pytest.approx(0.622, abs=1e-3) and project["miou"] == pytest.approx(0.511, abs=1e-3)
+    assert published["cnr"] == pytest.approx(3.636, abs=1e-3) and cnr(original, case.mask((h, w))) == pytest.approx(3.195, abs=1e-3)
 
 
 def test_cli_published_protocol_end_to_end(tmp_path):

@@ -106,3 +106,24 @@ def test_preprocessing_and_heatmap(models):
     expect_q = F.interpolate(torch.from_numpy(smooth_q)[None, None], size=(128, 128), mode="bilinear")[0, 0].numpy()
     np.testing.assert_allclose(map_p, expect_p, rtol=1e-4, atol=1e-4 * np.abs(expect_p).max())
     np.testing.assert_allclose(map_q, expect_q, rtol=1e-4, atol=1e-4 * np.abs(expect_q).max())
+
+
+def test_training_sentences_published_vs_project():
+    from afloc_training.data import PairDataset
+
+    report = ("small left pleural effusion", "stable", "no pneumothorax", "heart size is normal", "lungs clear")
+    project = PairDataset([], preset("small").data, channels=1, train=True, seed=3)
+    assert project.sentences(report, 0) == report  # every sentence, in order
+    published = PairDataset([], preset("published").data, channels=1, train=True, seed=3)
+    seen = set()
+    for epoch in range(12):
+        published.set_epoch(epoch)
+        picked = published.sentences(report, 5)
+        assert picked == published.sentences(report, 5)  # reproducible from (seed, epoch, index)
+        assert 1 <= len(picked) <= 3 and "stable" not in picked  # 1 .. n-1 of the 4 long-enough sentences
+        assert len(set(picked)) == len(picked) and set(picked) <= set(report)
+        seen.add(picked)
+    assert len(seen) > 3  # subsets and orders vary with the epoch
+    assert published.sentences(("stable",), 0) == ("stable",)  # nothing long enough: kept
+    published.train = False
+    assert published.sentences(report, 5) == tuple(s for s in report if s != "stable")
