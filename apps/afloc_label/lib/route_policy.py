@@ -15,7 +15,7 @@ is published (``docs/security.md``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 from afloc_models.errors import ConfigError
 
@@ -100,7 +100,3 @@ def _groups(value: Optional[str], key: str) -> set[str]:
         )
     return names
 
-
-def describe_groups(groups: Iterable[str] = GROUPS) -> str:
-    """One line per group (for docs and error messages)."""
-    return "\n".join(f"{name}: {GROUPS[name][2]}" for name in groups)
