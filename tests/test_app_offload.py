@@ -149,3 +149,74 @@ def test_refused_uploads_leave_no_temporary_file(busy_server):
     # Accepted work cleans up too.
     assert _infer(server.url, image="phantom_00000").status_code == 200
     assert _leftovers(tmp, baseline) == []
+
+
+def test_upload_body_is_spooled_not_held_in_memory():
+    """The params guard streams a 48 MB multipart body through with a few MB of Python memory."""
+    import asyncio
+    import sys
+    import tracemalloc
+
+    app_dir = str(Path(__file__).resolve().parents[1] / "apps" / "afloc_label")
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    from lib.params_guard import ParamsGuard
+
+    payload = bytes(range(256)) * (48 << 12)  # 48 MiB
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="params"\r\n\r\n{"prompt": "effusion"}\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n' + payload + b"\r\n--B--\r\n"
+    )
+    import hashlib
+
+    received = hashlib.sha256()  # a digest, not a copy: the test must not hold the body itself
+    sent: list[dict] = []
+
+    async def endpoint(scope, receive, send):
+        while True:
+            message = await receive()
+            received.update(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run() -> int:
+        offsets = list(range(0, len(body), 65536))
+
+        async def receive():
+            start = offsets.pop(0)
+            return {"type": "http.request", "body": body[start:start + 65536], "more_body": bool(offsets)}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "PUT", "path": "/datastore/image",
+                 "headers": [(b"content-type", b"multipart/form-data; boundary=B")]}
+        tracemalloc.start()
+        try:
+            await ParamsGuard(endpoint)(scope, receive, send)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak = asyncio.run(run())
+    assert sent[0]["status"] == 200
+    assert received.digest() == hashlib.sha256(body).digest()  # replayed unchanged
+    assert peak < 16 << 20, f"peak {peak / 2**20:.1f} MiB for a 48 MiB body"
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(busy_server):
+    import socket
+    import urllib.parse
+
+    server, _ = busy_server
+    address = urllib.parse.urlsplit(server.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(
+            b"PUT /datastore/image?image=huge HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 999999999999\r\n\r\n"
+        )
+        reply = sock.recv(65536).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert "limit" in reply and "docs/limits.md" in reply

@@ -7,14 +7,26 @@ reads multipart / url-encoded request bodies on those routes, checks the field, 
 JSON message when it is not an object, and otherwise replays the body unchanged to the server.
 Malformed JSON is left to the endpoint, whose ``JSONDecodeError`` :mod:`lib.http_errors` already
 turns into a 400.
+
+The body is never held in memory whole: it is spooled to a temporary file (the first
+:data:`SPOOL_IN_MEMORY_BYTES` in memory), read back in chunks for the check and for the endpoint,
+and refused with ``413`` past :data:`MAX_UPLOAD_BYTES` (at once when ``Content-Length`` says so).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+import tempfile
+from typing import IO, Any, Awaitable, Callable
 
-__all__ = ["ParamsGuard", "install"]
+__all__ = ["MAX_UPLOAD_BYTES", "ParamsGuard", "install"]
+
+#: Largest request body accepted on the guarded routes (an uncompressed 8192 x 8192 16-bit DICOM
+#: is 128 MiB; see docs/limits.md).
+MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+#: Bytes of a body kept in memory before the spool moves to a temporary file.
+SPOOL_IN_MEMORY_BYTES = 1024 * 1024
+_CHUNK = 64 * 1024
 
 # Routes whose stock handlers merge the ``params`` form field into a dict.
 _GUARDED_PREFIXES = ("/infer/", "/datastore/image", "/datastore/label")
@@ -47,17 +59,29 @@ class ParamsGuard:
         if not self._applies(scope):
             await self.app(scope, receive, send)
             return
-        messages: list[Message] = []
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
-        problem = await self._check(scope, messages)
-        if problem is not None:
-            await _send_json(send, 400, {"detail": problem, "error": "BadRequest"})
+        declared = _content_length(scope)
+        if declared is not None and declared > MAX_UPLOAD_BYTES:
+            await _send_json(send, 413, _too_large(declared))
             return
-        await self.app(scope, _replay(messages, receive), send)
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="afloc-body-") as spool:
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    await _send_json(send, 413, _too_large(size))
+                    return
+                spool.write(chunk)
+                if not message.get("more_body", False):
+                    break
+            problem = await self._check(scope, spool)
+            if problem is not None:
+                await _send_json(send, 400, {"detail": problem, "error": "BadRequest"})
+                return
+            await self.app(scope, _replay(spool, receive), send)
 
     @staticmethod
     def _applies(scope: dict) -> bool:
@@ -69,10 +93,10 @@ class ParamsGuard:
         return content_type.split(b";")[0].strip().lower() in _FORM_TYPES
 
     @staticmethod
-    async def _check(scope: dict, messages: list[Message]) -> str | None:
+    async def _check(scope: dict, spool: IO[bytes]) -> str | None:
         from starlette.requests import Request
 
-        request = Request(scope, _replay(messages, None))
+        request = Request(scope, _replay(spool, None))
         try:
             form = await request.form()
         except Exception:  # a malformed body: let the endpoint report it the usual way
@@ -84,18 +108,41 @@ class ParamsGuard:
             await form.close()
 
 
-def _replay(messages: list[Message], then: Callable[[], Awaitable[Message]] | None) -> Callable[[], Awaitable[Message]]:
-    """A ``receive`` that hands out the buffered messages, then defers to ``then`` (disconnects)."""
-    pending = list(messages)
+def _replay(spool: IO[bytes], then: Callable[[], Awaitable[Message]] | None) -> Callable[[], Awaitable[Message]]:
+    """A ``receive`` that streams the spooled body from its start, then defers to ``then`` (disconnects)."""
+    spool.seek(0)
+    done = False
 
     async def receive() -> Message:
-        if pending:
-            return pending.pop(0)
+        nonlocal done
+        if not done:
+            chunk = spool.read(_CHUNK)
+            if len(chunk) < _CHUNK or not spool.read(1):
+                done = True
+            else:
+                spool.seek(-1, 1)  # put back the byte that showed more is coming
+            return {"type": "http.request", "body": chunk, "more_body": not done}
         if then is not None:
             return await then()
         return {"type": "http.disconnect"}
 
     return receive
+
+
+def _content_length(scope: dict) -> int | None:
+    value = dict(scope.get("headers") or []).get(b"content-length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _too_large(size: int) -> dict:
+    return {
+        "detail": f"the request body is {size} bytes or more; the limit is {MAX_UPLOAD_BYTES} bytes "
+        "(see docs/limits.md)",
+        "error": "PayloadTooLarge",
+    }
 
 
 async def _send_json(send: Callable, status: int, body: dict) -> None:
