@@ -102,9 +102,15 @@ def combine_masks(heatmaps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -
     """
     if len(masks) == 1:
         return masks[0].astype(np.uint8)
-    heat = np.stack([np.where(m, h, -np.inf).astype(np.float32) for h, m in zip(heatmaps, masks)])
-    covered = np.any(np.stack(masks), axis=0)
-    return np.where(covered, np.argmax(heat, axis=0) + 1, 0).astype(np.uint8)
+    # One pass per prompt keeping the best heat so far: memory O(H*W), not O(P*H*W) (eight
+    # stacked float32 copies of a 4096 x 4096 heatmap were half a gigabyte).
+    label = np.zeros(masks[0].shape, dtype=np.uint8)
+    best = np.full(masks[0].shape, -np.inf, dtype=np.float32)
+    for index, (heat, mask) in enumerate(zip(heatmaps, masks)):
+        wins = np.greater(heat, best, where=mask, out=np.zeros(mask.shape, dtype=bool))
+        label[wins] = index + 1
+        np.copyto(best, heat, where=wins)
+    return label
 
 
 def draft_from_report(predictor: Any, image: Any, report: str, threshold: Optional[float] = None) -> Draft:

@@ -310,3 +310,14 @@ def test_model_store_without_any_checkpoint_explains_how_to_get_one(tmp_path):
     assert store.served() is None
     assert "build_demo.py" in store.describe_missing()
     assert "missing" in (checkpoint_problem(_fake_checkpoint(tmp_path / "c", "x") / "text_encoder") or "missing")
+
+
+def test_combine_masks_matches_the_stacked_argmax_on_random_maps():
+    """The one-pass combination (O(H*W) memory) equals the argmax over stacked masked heat."""
+    rng = np.random.default_rng(0)
+    for prompts in (2, 3, 8):
+        heat = [rng.random((40, 30)).astype(np.float32).round(1) for _ in range(prompts)]  # ties happen
+        masks = [rng.random((40, 30)) > 0.5 for _ in range(prompts)]
+        stacked = np.stack([np.where(m, h, -np.inf) for h, m in zip(heat, masks)])
+        expected = np.where(np.any(masks, axis=0), np.argmax(stacked, axis=0) + 1, 0).astype(np.uint8)
+        np.testing.assert_array_equal(combine_masks(heat, masks), expected)

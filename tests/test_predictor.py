@@ -490,3 +490,14 @@ def test_zero_shot_classification_on_phantoms_beats_chance(phantom_predictor):
     # runs so far: best 0.88-0.99 (pulmonary edema), mean over findings 0.56-0.64.
     assert max(aucs.values()) >= 0.75, aucs
     assert np.mean(list(aucs.values())) >= 0.52, aucs
+
+
+def test_prompts_times_pixels_is_bounded(fresh, monkeypatch):
+    """A request's heatmap memory is bounded: prompts x image pixels <= MAX_HEATMAP_PIXELS."""
+    import afloc_models.inference.predictor as predictor_module
+
+    image = _image((90, 260))
+    monkeypatch.setattr(predictor_module, "MAX_HEATMAP_PIXELS", 2 * 90 * 260)
+    assert len(fresh.localize(image, ["effusion", "nodule"]).results) == 2
+    with pytest.raises(PromptError, match=r"3 prompts on a 90x260 image need 70200 heatmap pixels.*fewer prompts"):
+        fresh.localize(image, ["effusion", "nodule", "opacity"])

@@ -68,6 +68,7 @@ from afloc_models.model import AFLoc
 from afloc_models.text_normalization import counterpart, is_negated, normalize_text
 
 __all__ = [
+    "MAX_HEATMAP_PIXELS",
     "MAX_PROMPT_CHARS",
     "AFLocPredictor",
     "EncoderCounts",
@@ -79,6 +80,10 @@ __all__ = [
     "is_negated",
     "normalize_prompt",
 ]
+
+#: Full-resolution heatmap pixels one localize call may produce (prompts x image pixels): 2**27,
+#: i.e. 8 prompts on a 4096 x 4096 image, 512 MiB of float32 heatmaps. Bounds a request's memory.
+MAX_HEATMAP_PIXELS = 2**27
 
 #: Prompts longer than this (in characters, before normalisation) raise :class:`PromptError`.
 #: A prompt names a finding; 1,000 characters is several times the 97-token budget.
@@ -627,6 +632,13 @@ class AFLocPredictor:
         level: str,
         probability: bool,
     ) -> Localization:
+        height, width = image.box.original_shape
+        if len(prompts) * height * width > MAX_HEATMAP_PIXELS:
+            raise PromptError(
+                f"{len(prompts)} prompts on a {height}x{width} image need {len(prompts) * height * width} heatmap "
+                f"pixels; one request may have at most {MAX_HEATMAP_PIXELS} (MAX_HEATMAP_PIXELS, 4 bytes each): "
+                "send fewer prompts per request"
+            )
         mapped = [texts[p.mapped] for p in prompts]
         deep_maps, shallow_maps = self._similarity_maps(image, mapped, level)
         heatmaps = render_heatmaps(image.box, self.settings, deep_maps, shallow_maps, level=level)
