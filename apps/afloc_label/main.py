@@ -27,7 +27,7 @@ every datastore image with a report). Report-driven drafts of the whole datastor
 - ``cors_origins``: web origins allowed to call the server from a browser (default: none but its own).
 - ``allow_remote``: ``true`` to listen on an address other than loopback (refused otherwise).
 - ``infer_workers`` / ``infer_queue``: inference requests run at once (default 1) and waiting
-  (default 4) in the worker pool; more get 429 with ``Retry-After`` (``lib.offload``).
+  (default 16) in the worker pool; more get 429 with ``Retry-After`` (``lib.offload``).
 - ``auth_algorithms``: token signature algorithms with ``MONAI_LABEL_AUTH_ENABLE`` (default ``RS256``).
 
 Importing this module inside the server also installs JSON error replies on MONAI Label's

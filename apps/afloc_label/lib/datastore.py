@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AFLocDatastore",
     "AtomicIndexWrites",
+    "AtomicLocalDatastore",
     "DeferredLabelWrites",
     "REPORT_KEY",
     "REPORT_SOURCE_KEY",
@@ -161,7 +162,34 @@ class AtomicIndexWrites:
             write()
 
 
-class AFLocDatastore(DeferredLabelWrites, AtomicIndexWrites, LocalDatastore):
+class AtomicLocalDatastore(AtomicIndexWrites, LocalDatastore):
+    """``LocalDatastore`` whose label copies are atomic too (temporary file, fsync, rename).
+
+    MONAI Label copies a saved label straight over the old one (``shutil.copy``): a kill in the
+    middle destroys both. Also placed under ``DICOMWebDatastore`` (whose ``save_label`` ends in
+    ``LocalDatastore.save_label`` for its local cache), see ``lib.dicomweb_datastore``.
+    """
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        """Store ``label_filename`` as ``labels/<tag>/<image id><ext>``; the old label stays whole until the swap."""
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise ImageNotFoundException(f"Image {image_id} not found")
+        _, ext = self._to_id(os.path.basename(label_filename))
+        folder = self._datastore.label_path(label_tag)
+        name = self._filename(image_id, ext)
+        info = dict(label_info or {})
+        with FileLock(self._lock_file):
+            os.makedirs(folder, exist_ok=True)
+            atomic_copy(label_filename, os.path.join(folder, name))
+            info.update({"ts": int(time.time()), "name": name})
+            obj.labels[label_tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        logger.info("saved label %s/%s", label_tag, image_id)
+        return image_id
+
+
+class AFLocDatastore(DeferredLabelWrites, AtomicLocalDatastore):
     """A ``LocalDatastore`` whose images may have reports; see the module docstring."""
 
     def __init__(self, datastore_path: str, *args: Any, **kwargs: Any):
@@ -239,24 +267,9 @@ class AFLocDatastore(DeferredLabelWrites, AtomicIndexWrites, LocalDatastore):
         super().update_image_info(image_id, {k: v for k, v in info.items() if k != REPORT_SOURCE_KEY})
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        """Store ``label_filename`` as ``labels/<tag>/<image id><ext>``; the old label stays whole until the swap."""
         check_image_id(image_id)
         check_tag(label_tag)
-        obj = self._datastore.objects.get(image_id)
-        if obj is None:
-            raise ImageNotFoundException(f"Image {image_id} not found")
-        _, ext = self._to_id(os.path.basename(label_filename))
-        folder = self._datastore.label_path(label_tag)
-        name = self._filename(image_id, ext)
-        info = dict(label_info or {})
-        with FileLock(self._lock_file):
-            os.makedirs(folder, exist_ok=True)
-            atomic_copy(label_filename, os.path.join(folder, name))
-            info.update({"ts": int(time.time()), "name": name})
-            obj.labels[label_tag] = DataModel(info=info, ext=ext)
-            self._update_datastore_file(lock=False)
-        logger.info("saved label %s/%s", label_tag, image_id)
-        return image_id
+        return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         check_image_id(label_id, "label id")

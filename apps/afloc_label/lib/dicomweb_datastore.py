@@ -31,7 +31,7 @@ from filelock import FileLock
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import DataModel, ImageLabelModel
 
-from lib.datastore import REPORT_KEY, REPORT_SOURCE_KEY, AtomicIndexWrites, DeferredLabelWrites, _check_report
+from lib.datastore import REPORT_KEY, REPORT_SOURCE_KEY, AtomicLocalDatastore, DeferredLabelWrites, _check_report
 from lib.ids import check_image_id, check_tag
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ __all__ = ["AFLocDICOMWebDatastore", "REPORT_TTL_S", "adopt"]
 REPORT_TTL_S = 60.0
 
 
-class AFLocDICOMWebDatastore(DeferredLabelWrites, AtomicIndexWrites, DICOMWebDatastore):
+class AFLocDICOMWebDatastore(DeferredLabelWrites, DICOMWebDatastore, AtomicLocalDatastore):
     """A ``DICOMWebDatastore`` whose downloaded series are images of its local index."""
 
     def get_image_uri(self, image_id: str) -> str:

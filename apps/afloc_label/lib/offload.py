@@ -7,7 +7,7 @@ took as long as the prompt). :func:`install` replaces those routes with wrappers
 stock endpoint in a worker thread:
 
 - ``POST /infer/{model}``: the *infer* pool (``--conf infer_workers``, default 1 worker, and
-  ``--conf infer_queue``, default 4 requests waiting).
+  ``--conf infer_queue``, default 16 requests waiting).
 - datastore uploads, info updates, label downloads and removals: the *datastore* pool
   (4 workers, 32 waiting).
 
@@ -47,7 +47,7 @@ __all__ = [
 
 #: Defaults of ``--conf infer_workers`` / ``--conf infer_queue``.
 INFER_WORKERS = 1
-INFER_QUEUE = 4
+INFER_QUEUE = 16
 #: Datastore work is short (copies, small JSON writes) but may wait for a label being written.
 DATASTORE_WORKERS = 4
 DATASTORE_QUEUE = 32
