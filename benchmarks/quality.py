@@ -115,7 +115,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = args.work / "train", args.work / "test"
-    for folder, n, seed in ((train_dir, args.n_train, args.train_seed), (test_dir, args.n_test, args.test_seed)):
+    wanted = [(test_dir, args.n_test, args.test_seed)]
+    if args.checkpoint is None:  # scoring a given checkpoint needs no training set
+        wanted.insert(0, (train_dir, args.n_train, args.train_seed))
+    for folder, n, seed in wanted:
         if not _phantoms_ready(folder, n, seed, args.size):
             write_phantom_datastore(folder, n, seed, size=args.size, overwrite=True, workers=args.workers)
     base = load_config(args.config)
