@@ -1,0 +1,36 @@
+"""benchmarks/quality.py: the side-by-side table and the generalization target checks."""
+
+from __future__ import annotations
+
+from benchmarks.quality import generalization_targets, side_by_side
+
+
+def _metrics(pg: float, cnr: float, per: dict[str, tuple[int, float]]) -> dict:
+    return {
+        "cases": sum(n for n, _ in per.values()),
+        "overall": {"pointing_game": pg, "pointing_game_ci95": [pg - 0.1, pg + 0.1], "cnr": cnr,
+                    "cnr_ci95": [cnr - 0.2, cnr + 0.2], "miou": 0.2, "mdice": 0.3},
+        "per_finding": {f: {"n": n, "pointing_game": p, "pointing_game_ci95": [p, p], "cnr": 1.0,
+                            "cnr_ci95": [1.0, 1.0], "miou": 0.1, "mdice": 0.2} for f, (n, p) in per.items()},
+    }
+
+
+def test_side_by_side_lines_up_findings_and_sets():
+    main = {
+        "metrics": {"dot": _metrics(0.75, 2.4, {"nodule": (30, 0.8), "cardiomegaly": (20, 1.0)})},
+        "external": {"synthetic": _metrics(0.62, 1.6, {"nodule": (40, 0.35), "cardiomegaly": (30, 0.9)}),
+                     "real": _metrics(0.5, 1.2, {"nodule": (10, 0.4)})},
+    }
+    table = side_by_side(main)
+    assert list(table) == ["cardiomegaly", "nodule", "overall"]
+    assert set(table["nodule"]) == {"in_domain", "external_synthetic", "external_real"}
+    assert "external_real" not in table["cardiomegaly"]  # no inserted cardiomegaly
+    assert table["nodule"]["external_synthetic"]["n"] == 40
+    assert table["overall"]["external_real"]["n"] == 10
+    assert table["overall"]["in_domain"]["pointing_game_ci95"] == [0.65, 0.85]
+
+    checks = generalization_targets(main)
+    assert checks["in_domain"] == {"pointing_game": True, "cnr": True}
+    assert checks["external_synthetic"]["pointing_game"] and checks["external_synthetic"]["cnr"]
+    assert checks["external_synthetic"]["worst_finding"] == {"finding": "nodule", "pointing_game": 0.35, "met": True}
+    assert not checks["external_real"]["pointing_game"] and not checks["external_real"]["cnr"]
