@@ -69,6 +69,7 @@ def test_heatmap_equals_the_published_inference_map(setup, prompt):
     assert ours.shape == theirs.shape == (224, 224)
     assert (box.pad_left, box.resized_shape) == (28, (224, 168))
     r = _pearson(ours, theirs)
+    print(f"published map equivalence: r={r:.7f}, max |diff| / max |map| = {np.abs(ours - theirs).max() / np.abs(theirs).max():.2e}")
     assert r > 0.999, r
     assert np.unravel_index(ours.argmax(), ours.shape) == np.unravel_index(theirs.argmax(), theirs.shape)
     assert np.abs(ours - theirs).max() <= 1e-3 * np.abs(theirs).max()
