@@ -86,3 +86,21 @@ def test_control_characters_never_reach_a_header(afloc_server_url, afloc_infer):
     header = _nrrd_header(reply.label)
     assert not any(b < 0x20 and b != 0x0A for b in header)
     assert b"Segment0_Name:=pleural effusion\n" in header
+
+
+def test_the_slicer_client_reads_the_names_back_decoded(afloc_server_url, afloc_infer, tmp_path):
+    """The Slicer module's own .seg.nrrd reader (AFLocLib) turns the encoded names back into the prompts."""
+    import sys
+    from pathlib import Path
+
+    module_dir = Path(__file__).resolve().parents[1] / "slicer_extension" / "AFLoc"
+    if str(module_dir) not in sys.path:
+        sys.path.insert(0, str(module_dir))
+    from AFLocLib import read_segmentation
+
+    reply = afloc_infer(afloc_server_url, image="phantom_00003",
+                        params={"prompt": PROMPTS + ["50% opacity"], "save_heatmap": False})
+    assert reply.status == 200, reply.params
+    path = tmp_path / "label.seg.nrrd"
+    path.write_bytes(reply.label)
+    assert [s.name for s in read_segmentation(path).segments] == PROMPTS + ["50% opacity"]
