@@ -200,7 +200,8 @@ def describe_training_data(pairs: PairList) -> str:
     """What a model trained on ``pairs`` has seen, in words, for ``meta.json``'s ``trained_on``.
 
     A datastore written by ``afloc-phantoms`` (its ``ground_truth/manifest.json`` says so) reads
-    "synthetic phantoms (...): not for clinical images".
+    "synthetic phantoms (...): not for clinical images"; one that also holds other images (the demo
+    datastore) names how many of its pairs are phantoms.
     """
     import json
 
@@ -212,11 +213,15 @@ def describe_training_data(pairs: PairList) -> str:
             generator = json.loads(manifest.read_text(encoding="utf-8")).get("generator")
         except (OSError, ValueError, AttributeError):
             generator = None
-    if generator == "afloc-phantoms":
+    synthetic = sum(pair.id.startswith("phantom_") for pair in pairs.pairs) if generator == "afloc-phantoms" else 0
+    if synthetic and synthetic == count:
         return f"synthetic phantoms (afloc-phantoms, {count} image-report pairs): not for clinical images"
     kinds = {"datastore": "datastore", "csv": "CSV manifest", "mimic": "MIMIC-CXR-JPG", "dicomweb": "DICOMweb PACS"}
     name = str(pairs.source) if pairs.kind == "dicomweb" else Path(pairs.source).name
-    return f"{kinds.get(pairs.kind, pairs.kind)} '{name}' ({count} image-report pairs)"
+    text = f"{kinds.get(pairs.kind, pairs.kind)} '{name}' ({count} image-report pairs"
+    if synthetic:
+        return f"{text}, {synthetic} of them synthetic phantoms): not for clinical images"
+    return text + ")"
 
 
 # ------------------------------------------------------------------------------ internals

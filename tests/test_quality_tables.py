@@ -34,3 +34,4 @@ def test_side_by_side_lines_up_findings_and_sets():
     assert checks["external_synthetic"]["pointing_game"] and checks["external_synthetic"]["cnr"]
     assert checks["external_synthetic"]["worst_finding"] == {"finding": "nodule", "pointing_game": 0.35, "met": True}
     assert not checks["external_real"]["pointing_game"] and not checks["external_real"]["cnr"]
+

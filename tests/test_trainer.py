@@ -326,3 +326,25 @@ def test_sync_free_step_trains_and_skips_exactly_like_the_host_step(workspace, m
         assert "non-finite loss or gradient" in caplog.text
     _assert_same_weights(results[False].checkpoint, results[True].checkpoint)
     assert results[True].train_loss == pytest.approx(results[False].train_loss, rel=1e-6)
+
+
+def test_trained_on_names_phantoms_and_mixed_datastores(tmp_path):
+    from pathlib import Path
+
+    from afloc_training.data import ImageReportPair, PairList
+    from afloc_training.phantoms import write_phantom_datastore
+    from afloc_training.trainer import describe_training_data
+
+    write_phantom_datastore(tmp_path, 3, seed=0, size=64)
+    phantoms = [ImageReportPair(f"phantom_0000{i}", Path("x.png"), ("a",), "g") for i in range(3)]
+    pure = PairList(pairs=phantoms, source=tmp_path, kind="datastore")
+    assert describe_training_data(pure) == (
+        "synthetic phantoms (afloc-phantoms, 3 image-report pairs): not for clinical images"
+    )
+    mixed = PairList(pairs=phantoms + [ImageReportPair("cxr_0001", Path("y.jpg"), ("b",), "h")], source=tmp_path,
+                     kind="datastore")
+    assert describe_training_data(mixed) == (
+        f"datastore '{tmp_path.name}' (4 image-report pairs, 3 of them synthetic phantoms): not for clinical images"
+    )
+    real = PairList(pairs=[ImageReportPair("c", Path("c.jpg"), ("b",), "h")], source=tmp_path / "pairs.csv", kind="csv")
+    assert describe_training_data(real) == "CSV manifest 'pairs.csv' (1 image-report pairs)"
