@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="draft at most this many images")
     parser.add_argument("--overwrite", action="store_true", help="redo drafts that are already there")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="PyTorch CPU threads (default 1: measured 280 images/min with 1 thread vs 55 with 2 on a busy "
+        "2-core CPU; 0 keeps PyTorch's own choice)",
+    )
     parser.add_argument("--dicomweb-cache", default=None, help="DICOMweb: where downloaded images are kept")
     return parser
 
@@ -194,6 +199,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from afloc_models.inference import AFLocPredictor
     from afloc_training.data import load_pairs
 
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(int(args.threads))
     pairs = load_pairs(args.data)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def folder_throughput(test_dir: Path, checkpoint: Path, work: Path) -> dict[str,
     from afloc_training.draft import run
 
     args = argparse.Namespace(data=str(test_dir), checkpoint=str(checkpoint), out=str(work / "drafts"), threshold=None,
-                              limit=None, overwrite=True, device="cpu")
+                              limit=None, overwrite=True, device="cpu", threads=None)
     summary = run(args)
     seconds = summary["seconds"]
     summary["drafted_per_min"] = round(60.0 * summary["drafted"] / seconds, 1) if seconds else None

@@ -105,3 +105,29 @@ def test_drafting_job_on_a_local_datastore(start_afloc_server, make_datastore, t
     # Next sample: the most uncertain of the drafts.
     nxt = requests.post(f"{url}/activelearning/afloc_review", timeout=60).json()
     assert nxt["id"] == max(drafted, key=lambda i: (infos[i]["uncertainty"], [-ord(c) for c in i]))
+
+
+@pytest.mark.slow
+def test_afloc_draft_cli_drafts_a_folder_and_resumes(afloc_checkpoint, tmp_path):
+    import json
+    import subprocess
+
+    from afloc_training.phantoms import write_phantom_datastore
+
+    studies = write_phantom_datastore(tmp_path / "studies", n=4, seed=0, size=128)
+    (studies / "phantom_00001.txt").write_text("No pneumothorax. No pleural effusion.", encoding="utf-8")
+    command = [sys.executable, "-m", "afloc_training.draft", "--data", str(studies), "--checkpoint",
+               str(afloc_checkpoint), "--out", str(tmp_path / "drafts")]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["images"] == 4 and summary["failed"] == 0 and summary["no_positive_finding"] >= 1
+    assert summary["drafted"] == len(list((tmp_path / "drafts").glob("*.png")))
+    negated = json.loads((tmp_path / "drafts" / "phantom_00001.json").read_text())
+    assert negated["segments"] == [] and not (tmp_path / "drafts" / "phantom_00001.png").exists()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["kept"] == 4
+    bad = subprocess.run([sys.executable, "-m", "afloc_training.draft", "--data", str(tmp_path / "nothing"),
+                          "--checkpoint", str(afloc_checkpoint), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
