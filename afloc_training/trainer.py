@@ -217,11 +217,22 @@ def describe_training_data(pairs: PairList) -> str:
     if synthetic and synthetic == count:
         return f"synthetic phantoms (afloc-phantoms, {count} image-report pairs): not for clinical images"
     kinds = {"datastore": "datastore", "csv": "CSV manifest", "mimic": "MIMIC-CXR-JPG", "dicomweb": "DICOMweb PACS"}
-    name = str(pairs.source) if pairs.kind == "dicomweb" else Path(pairs.source).name
+    name = _public_url(str(pairs.source)) if pairs.kind == "dicomweb" else Path(pairs.source).name
     text = f"{kinds.get(pairs.kind, pairs.kind)} '{name}' ({count} image-report pairs"
     if synthetic:
         return f"{text}, {synthetic} of them synthetic phantoms): not for clinical images"
     return text + ")"
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user name, password, query or fragment (it is stored in checkpoints and shown in /info)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 # ------------------------------------------------------------------------------ internals

@@ -348,3 +348,7 @@ def test_trained_on_names_phantoms_and_mixed_datastores(tmp_path):
     )
     real = PairList(pairs=[ImageReportPair("c", Path("c.jpg"), ("b",), "h")], source=tmp_path / "pairs.csv", kind="csv")
     assert describe_training_data(real) == "CSV manifest 'pairs.csv' (1 image-report pairs)"
+    pacs = PairList(pairs=[ImageReportPair("c", Path("c.dcm"), ("b",), "h")],
+                    source="https://reader:s3cret@pacs.example:8443/dicom-web?token=abc#x", kind="dicomweb")
+    # Checkpoints and /info never carry the PACS credentials or query.
+    assert describe_training_data(pacs) == "DICOMweb PACS 'https://pacs.example:8443/dicom-web' (1 image-report pairs)"
