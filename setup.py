@@ -54,6 +54,7 @@ setup(
             "afloc-train=afloc_training.cli:main",
             "afloc-phantoms=afloc_training.phantoms:main",
             "afloc-eval=afloc_models.evaluation.cli:main",
+            "afloc-draft=afloc_training.draft:main",
         ]
     },
 )
