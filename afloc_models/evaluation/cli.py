@@ -144,58 +144,82 @@ def evaluate(
         image and the metrics), one entry with a reason per skipped case, and for the case
         indices in ``keep`` the ``(heatmap, ground truth)`` pair (for overlays).
     """
-    from tqdm import tqdm
-
-    from afloc_models.inference.predictor import normalize_prompt
-
-    groups: OrderedDict[Path, list[int]] = OrderedDict()
-    for index, case in enumerate(cases):
-        groups.setdefault(case.image_path, []).append(index)
     keep = set(keep)
-    records: dict[int, dict[str, Any]] = {}
-    skipped: list[dict[str, str]] = []
+    walk = _CaseWalk(cases, progress)
     kept: dict[int, tuple] = {}
+    for image_path, usable in walk.images():
+        try:
+            result = predictor.localize(image_path, [cases[i].prompt for i in usable], level=level)
+        except AFLocError as exc:
+            walk.skip_all(usable, str(exc))
+            continue
+        for position, index in enumerate(usable):
+            heatmap = result[position].heatmap
+            try:
+                gt = cases[index].mask(result.image_shape)
+            except AFLocError as exc:
+                walk.skip(index, str(exc))
+                continue
+            walk.record(index, score_case(heatmap, gt, thresholds, empty_prediction))
+            if index in keep:
+                kept[index] = (heatmap, gt)
+    return walk.records(), walk.skipped, kept
 
-    def skip(index: int, reason: str) -> None:
-        case = cases[index]
-        skipped.append({"case_id": case.case_id, "image": str(case.image_path), "prompt": case.prompt, "reason": reason})
 
-    with tqdm(total=len(cases), desc="afloc-eval", unit="case", disable=not progress, file=sys.stderr) as bar:
-        for image_path, indices in groups.items():
-            usable = []
-            for index in indices:
-                try:
-                    normalize_prompt(cases[index].prompt)
-                    usable.append(index)
-                except AFLocError as exc:
-                    skip(index, str(exc))
-            if usable:
-                try:
-                    result = predictor.localize(image_path, [cases[i].prompt for i in usable], level=level)
-                except AFLocError as exc:
-                    for index in usable:
-                        skip(index, str(exc))
-                    usable, result = [], None
-            for position, index in enumerate(usable):
-                case = cases[index]
-                heatmap = result[position].heatmap
-                try:
-                    gt = case.mask(result.image_shape)
-                except AFLocError as exc:
-                    skip(index, str(exc))
-                    continue
-                record: dict[str, Any] = {
-                    "category": case.category,
-                    "case_id": case.case_id,
-                    "prompt": case.prompt,
-                    "image": str(case.image_path),
-                }
-                record.update(score_case(heatmap, gt, thresholds, empty_prediction))
-                records[index] = record
-                if index in keep:
-                    kept[index] = (heatmap, gt)
-            bar.update(len(indices))
-    return [records[i] for i in sorted(records)], skipped, kept
+class _CaseWalk:
+    """Cases grouped by image (each image is encoded once), prompts checked first, with progress.
+
+    Collects one record per scored case and one entry with a reason per skipped case.
+    """
+
+    def __init__(self, cases: Sequence[GroundTruthCase], progress: bool):
+        self.cases = cases
+        self.progress = progress
+        self.skipped: list[dict[str, str]] = []
+        self._records: dict[int, dict[str, Any]] = {}
+
+    def images(self):
+        """Yields ``(image_path, usable case indices)`` for every image with a usable prompt."""
+        from tqdm import tqdm
+
+        from afloc_models.inference.predictor import normalize_prompt
+
+        groups: OrderedDict[Path, list[int]] = OrderedDict()
+        for index, case in enumerate(self.cases):
+            groups.setdefault(case.image_path, []).append(index)
+        with tqdm(total=len(self.cases), desc="afloc-eval", unit="case", disable=not self.progress,
+                  file=sys.stderr) as bar:
+            for image_path, indices in groups.items():
+                usable = []
+                for index in indices:
+                    try:
+                        normalize_prompt(self.cases[index].prompt)
+                        usable.append(index)
+                    except AFLocError as exc:
+                        self.skip(index, str(exc))
+                if usable:
+                    yield image_path, usable
+                bar.update(len(indices))
+
+    def skip(self, index: int, reason: str) -> None:
+        case = self.cases[index]
+        self.skipped.append(
+            {"case_id": case.case_id, "image": str(case.image_path), "prompt": case.prompt, "reason": reason}
+        )
+
+    def skip_all(self, indices: Sequence[int], reason: str) -> None:
+        for index in indices:
+            self.skip(index, reason)
+
+    def record(self, index: int, metrics: dict[str, Any]) -> None:
+        case = self.cases[index]
+        self._records[index] = {
+            "category": case.category, "case_id": case.case_id, "prompt": case.prompt,
+            "image": str(case.image_path), **metrics,
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        return [self._records[i] for i in sorted(self._records)]
 
 
 def evaluate_published(
@@ -209,55 +233,23 @@ def evaluate_published(
     Returns:
         ``(records, skipped)`` as :func:`evaluate` (records hold ``iou@t`` and ``cnr``).
     """
-    from tqdm import tqdm
-
     from afloc_models.evaluation.published_protocol import case_counts, score_square
-    from afloc_models.inference.predictor import normalize_prompt
 
-    groups: OrderedDict[Path, list[int]] = OrderedDict()
-    for index, case in enumerate(cases):
-        groups.setdefault(case.image_path, []).append(index)
-    records: dict[int, dict[str, Any]] = {}
-    skipped: list[dict[str, str]] = []
-
-    def skip(index: int, reason: str) -> None:
-        case = cases[index]
-        skipped.append({"case_id": case.case_id, "image": str(case.image_path), "prompt": case.prompt, "reason": reason})
-
-    with tqdm(total=len(cases), desc="afloc-eval", unit="case", disable=not progress, file=sys.stderr) as bar:
-        for image_path, indices in groups.items():
-            usable = []
-            for index in indices:
-                try:
-                    normalize_prompt(cases[index].prompt)
-                    usable.append(index)
-                except AFLocError as exc:
-                    skip(index, str(exc))
-            squares, box = None, None
-            if usable:
-                try:
-                    squares, box = predictor.square_heatmaps(image_path, [cases[i].prompt for i in usable], level="deep")
-                except AFLocError as exc:
-                    for index in usable:
-                        skip(index, str(exc))
-                    usable = []
-            for position, index in enumerate(usable):
-                case = cases[index]
-                try:
-                    counts = case_counts(case, box.original_shape, box)
-                except AFLocError as exc:
-                    skip(index, str(exc))
-                    continue
-                record: dict[str, Any] = {
-                    "category": case.category,
-                    "case_id": case.case_id,
-                    "prompt": case.prompt,
-                    "image": str(case.image_path),
-                }
-                record.update(score_square(squares[position], counts, thresholds))
-                records[index] = record
-            bar.update(len(indices))
-    return [records[i] for i in sorted(records)], skipped
+    walk = _CaseWalk(cases, progress)
+    for image_path, usable in walk.images():
+        try:
+            squares, box = predictor.square_heatmaps(image_path, [cases[i].prompt for i in usable], level="deep")
+        except AFLocError as exc:
+            walk.skip_all(usable, str(exc))
+            continue
+        for position, index in enumerate(usable):
+            try:
+                counts = case_counts(cases[index], box.original_shape, box)
+            except AFLocError as exc:
+                walk.skip(index, str(exc))
+                continue
+            walk.record(index, score_square(squares[position], counts, thresholds))
+    return walk.records(), walk.skipped
 
 
 def metric_names(thresholds: Sequence[float]) -> list[str]:
