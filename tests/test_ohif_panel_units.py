@@ -367,3 +367,25 @@ def test_panel_error_messages_name_the_problem():
     assert got["prompt"] == "The server refused (localizing): prompt is empty"
     assert got["server"].startswith("Localizing failed on the server (HTTP 500)")
     assert got["down"].startswith("Cannot reach the AFLoc server (localizing): is it running?")
+
+
+def test_accepted_segments_keep_non_ascii_prompts(tmp_path):
+    """Accept from the panel with French and Japanese prompts: the SEG's segment labels read back exactly."""
+    import highdicom as hd
+
+    from afloc_models.imaging import read_image
+    from lib.geometry import geometry_for
+    from lib.ohif_segments import parse_save_params, write_segmentation
+    from tests.conftest import rg1_unci_path
+
+    source = rg1_unci_path()
+    image = read_image(source)
+    geometry = geometry_for(source, image.shape, image.spacing)
+    names = ["épanchement pleural droit", "右側胸水"]
+    request = parse_save_params(_params(segments=[{"value": i + 1, "name": n} for i, n in enumerate(names)]))
+    label = np.zeros(geometry.shape, dtype=np.uint8)
+    label[1200:1700, 1000:1500] = 1
+    label[600:1100, 700:1300] = 2
+    seg = hd.seg.segread(str(write_segmentation(tmp_path / "seg.dcm", label, request, geometry, source, "final")))
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == names
+    assert "ISO_IR 192" in seg.SpecificCharacterSet
