@@ -17,6 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertConfig, BertModel
@@ -204,3 +205,35 @@ def test_server_store_converts_a_ckpt_once(ckpt, text_folder, tmp_path):
     assert AFLoc.from_pretrained(folder).config.compat == "published"
     with pytest.raises(CheckpointError, match="--conf text_model"):
         ModelStore(tmp_path / "model2", ckpt)
+
+
+@pytest.mark.slow
+def test_a_real_server_serves_the_published_ckpt(published, ckpt, text_folder, start_afloc_server, afloc_infer,
+                                                 tmp_path):
+    """``monailabel start_server ... --conf checkpoint afloc.ckpt --conf text_model DIR``: the server
+    converts the file, serves it in published mode, and its label equals a direct prediction."""
+    import json
+    import urllib.request
+
+    import slicerio
+
+    from afloc_models.inference import AFLocPredictor
+
+    server = start_afloc_server(checkpoint=ckpt, conf={"text_model": str(text_folder)})
+    with urllib.request.urlopen(f"{server.url}/info/", timeout=30) as reply:
+        info = json.loads(reply.read())
+    assert "published:afloc.ckpt" in json.dumps(info["models"]["afloc"])
+    converted = next((server.model_dir / "imported").glob("afloc-*"))
+    assert AFLoc.from_pretrained(converted).config.compat == "published"
+
+    prompt = "right pleural effusion"
+    reply = afloc_infer(server.url, image="phantom_00001", params={"prompt": prompt, "threshold": 0.3,
+                                                                    "save_heatmap": False})
+    assert reply.status == 200, reply.params
+    path = tmp_path / "label.seg.nrrd"
+    path.write_bytes(reply.label)
+    label = slicerio.read_segmentation(str(path))["voxels"][:, :, 0].T
+    expected = AFLocPredictor.load(converted, device="cpu").localize(
+        server.studies / "phantom_00001.png", [prompt], threshold=0.3)[0].mask
+    assert 0 < np.count_nonzero(expected) < expected.size  # a real, partial mask
+    assert np.count_nonzero(label != expected.astype(np.uint8)) <= 1e-3 * label.size
