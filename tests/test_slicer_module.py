@@ -219,6 +219,8 @@ def test_module_connect_consent_run_threshold_switch_accept_undo_close(module, s
     ui.connectButton.click()
     wait_idle(widget, 60)
     assert ui.serverStatusLabel.text.startswith("Connected: AFLoc Label"), ui.serverStatusLabel.text
+    # The panel shows what the served checkpoint says it was trained on (conftest's test model).
+    assert "\nModel trained on: test: untrained, random weights" in ui.serverStatusLabel.text, ui.serverStatusLabel.text
 
     image_a = add_volume(slicer, phantom_pixels(21), "chest A")
     image_b = add_volume(slicer, phantom_pixels(22, 180, 220), "chest B", spacing=0.5)

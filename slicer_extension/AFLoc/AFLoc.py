@@ -276,7 +276,8 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             threshold = info.default_threshold
             suffix = f", default threshold {threshold:g}" if threshold is not None else ""
             name = info.name or "MONAI Label"
-            self.ui.serverStatusLabel.text = f"Connected: {name} {info.version} at {info.url}{suffix}"
+            trained_on = f"\nModel trained on: {info.trained_on}" if info.trained_on else ""
+            self.ui.serverStatusLabel.text = f"Connected: {name} {info.version} at {info.url}{suffix}{trained_on}"
 
         self._start("connect", "connect", {"server": server}, done)
 

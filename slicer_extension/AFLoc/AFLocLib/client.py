@@ -80,6 +80,12 @@ class ServerInfo:
         value = self.model_config.get("threshold")
         return float(value) if isinstance(value, (int, float)) else None
 
+    @property
+    def trained_on(self) -> str | None:
+        """What the served model was trained on, from its checkpoint (e.g. "demo: synthetic phantoms, ...")."""
+        value = self.models.get(self.model, {}).get("trained_on")
+        return str(value) if value else None
+
 
 @dataclass(frozen=True)
 class FindingResult:
