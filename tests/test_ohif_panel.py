@@ -218,6 +218,8 @@ def _assert_outline_matches(run: dict, shot_name: str, label: np.ndarray, **grid
 def test_prompt_to_overlay_in_open_type_enter(run):
     result = run["result"]
     assert result["focusAtOpen"] == "afloc-prompt", "the prompt box does not have the focus when the study opens"
+    # The panel says what the served model was trained on (the test checkpoint's own metadata).
+    assert "trained on: test: untrained, random weights" in result["modelLine"], result["modelLine"]
     kinds = [a["kind"] for a in result["actions"]]
     assert kinds == ["click", "click", "type", "key"], result["actions"]
     # Open (here two clicks in the study list, or one link), type, Enter: the overlay is drawn.

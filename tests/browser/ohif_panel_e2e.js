@@ -198,6 +198,8 @@ async function main() {
     await poll(async () => { const s = await snapshot(); return s && s.series && s.series.seriesUID === args.series; }, 30000, 'the panel to find the series');
     await page.waitForTimeout(800);
     result.focusAtOpen = await page.evaluate(() => document.activeElement && document.activeElement.id);
+    await poll(async () => ((await page.locator('#afloc-model').textContent()) || '').includes('trained on'), 15000, 'the model line');
+    result.modelLine = await page.locator('#afloc-model').textContent();
     await viewportShot('viewport-before.png');
     if (args.report) {
       await poll(async () => ((await snapshot()).reportFindings || []).length > 0, 15000, 'report findings').catch(() => {});

@@ -249,9 +249,11 @@
     e.draft = el('button', { id: 'afloc-draft', className: 'afloc-btn', text: 'Keep draft', disabled: 'disabled', onclick: function () { save('draft'); } });
     e.stored = el('div', { id: 'afloc-stored', className: 'afloc-stored' });
     e.image = el('div', { id: 'afloc-image', className: 'afloc-muted' });
+    e.model = el('div', { id: 'afloc-model', className: 'afloc-muted' });
 
     state.root = el('div', { id: 'afloc-panel', className: 'afloc-panel' }, [
       el('div', { className: 'afloc-title', text: 'AFLoc: localize findings' }),
+      e.model,
       e.image,
       el('div', { className: 'afloc-row' }, [e.prompt]),
       el('div', { className: 'afloc-row afloc-right' }, [e.run]),
@@ -282,6 +284,20 @@
     container.appendChild(state.root);
     setTimeout(function () { state.els.prompt.focus(); }, 0);
     refreshSeries();
+    showModel();
+  }
+
+  // What the served model was trained on, from the checkpoint's own metadata (GET /info/).
+  async function showModel() {
+    var line = state.els.model;
+    try {
+      var info = await (await request('/info/', {}, 'reading the server info')).json();
+      var model = (info.models && info.models.afloc) || {};
+      var trainedOn = model.trained_on || info.trained_on || 'unknown';
+      line.textContent = 'Model ' + (info.version || '') + ', trained on: ' + trainedOn;
+    } catch (error) {
+      line.textContent = 'Model: unknown (' + (error.message || error) + ')';
+    }
   }
 
   // React element for the panel component (a <div> that receives the panel's DOM).
