@@ -141,13 +141,14 @@ def test_normalise_sentence():
     assert normalise_sentence("Patient's [**Hospital1 18**] film, 1,200 mL.") == "patients film 1 200 ml"
 
 
-def test_unicode_is_folded_to_ascii():
-    # Accents, a no-break space, an em dash, guillemets, Chinese characters and an emoji.
+def test_unicode_is_folded_to_ascii_and_other_scripts_are_kept():
+    # Accents, a no-break space, an em dash, guillemets, Chinese characters and an emoji: Latin
+    # letters fold to ASCII, letters of other scripts stay (as in prompts), symbols go.
     text = (
         "Opacit\u00e9 \u00e0 la base\u00a0droite \u2014 \u00abconsolidation\u00bb. "
         "\u80ba\u708e \U0001F600 noted."
     )
-    assert parse_report(text) == ["opacite a la base droite consolidation", "noted"]
+    assert parse_report(text) == ["opacite a la base droite consolidation", "\u80ba\u708e noted"]
 
 
 @pytest.mark.parametrize(
