@@ -3,12 +3,13 @@
 ``tests/browser/run_in_netns.sh ... panel`` runs, inside a private network namespace
 (``unshare -n``, loopback only), Orthanc with the demo CR and DX studies, the server (small
 untrained checkpoint) and ``tests/browser/ohif_panel_e2e.js``, which works the panel as a user
-does: study list -> open the CR study in the AFLoc mode -> type a prompt into the focused box ->
-Enter; opacity and threshold sliders; Accept; Keep draft; two prompts; a finding from the
-report; a bad prompt and an unreachable server. This module then checks, on the saved
+does: study list -> double-click the CR study (it opens in the AFLoc mode) -> type a prompt
+into the focused box -> Enter; opacity and threshold sliders; Accept; Keep draft; two prompts; a
+finding from the report; a bad prompt and an unreachable server; the DX study opened with its
+row's mode button; a run after the served checkpoint was moved away (no model). This module then checks, on the saved
 screenshots and the server's own data:
 
-- the user actions: two after the study is open (type, Enter), the box has the focus;
+- the user actions: three from the study list (double-click, type, Enter), the box has the focus;
 - nothing was fetched from outside the machine and the viewer's font is the local Inter;
 - the heatmap on screen (opacity 100 %) decodes, through the panel's colour map, to the server's
   heatmap (correlation), placed on the drawn radiograph;
@@ -52,7 +53,7 @@ RUN_TIMEOUT_S = 420
 SEGMENT_COLORS = [(242, 77, 64), (51, 166, 242)]
 OUTLINE_PX = 2
 #: Screenshots copied to docs/images/ as ohif-panel-<name>.
-DOC_SHOTS = ("open", "heatmap", "threshold", "accepted", "two-prompts", "report", "error", "study-list", "dx")
+DOC_SHOTS = ("open", "heatmap", "threshold", "accepted", "two-prompts", "report", "error", "study-list", "dx", "no-model")
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +67,14 @@ def run(afloc_checkpoint, tmp_path_factory) -> dict:
             pytest.fail(message)
         pytest.skip(message)
     out = tmp_path_factory.mktemp("ohif-panel")
-    env = {**os.environ, "AFLOC_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", "AFLOC_E2E_REPORT": REPORT}
+    # A copy of the checkpoint: the browser run moves it aside for a moment ("no model").
+    served = shutil.copytree(afloc_checkpoint, tmp_path_factory.mktemp("ohif-panel-ckpt") / "checkpoint")
+    env = {
+        **os.environ, "AFLOC_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", "AFLOC_E2E_REPORT": REPORT,
+        "AFLOC_E2E_NO_MODEL_CHECK": "1",
+    }
     process = subprocess.Popen(
-        ["unshare", "-n", "bash", str(RUNNER), str(out), str(afloc_checkpoint), PROMPT, "CR", "panel"],
+        ["unshare", "-n", "bash", str(RUNNER), str(out), str(served), PROMPT, "CR", "panel"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -221,10 +227,24 @@ def test_prompt_to_overlay_in_open_type_enter(run):
     # The panel says what the served model was trained on (the test checkpoint's own metadata).
     assert "trained on: test: untrained, random weights" in result["modelLine"], result["modelLine"]
     kinds = [a["kind"] for a in result["actions"]]
-    assert kinds == ["click", "click", "type", "key"], result["actions"]
-    # Open (here two clicks in the study list, or one link), type, Enter: the overlay is drawn.
-    assert result["actionsToOverlay"] == {"fromStudyList": 4, "afterOpen": 3}
+    assert kinds == ["dblclick", "type", "key"], result["actions"]
+    # From the study list: open (one double-click on the study's row), type, Enter: the overlay is drawn.
+    assert result["actionsToOverlay"]["fromStudyList"] <= 3, result["actionsToOverlay"]
+    assert result["actionsToOverlay"] == {"fromStudyList": 3, "afterOpen": 3}
     assert result["afterRun"]["drawCount"] > 0 and result["afterRun"]["result"]["prompts"] == [PROMPT]
+    # The double-click opened the study in the AFLoc mode inside the page (no reload), through
+    # lib/ohif/afloc_study_list.js, which read the study's modalities and the mode's verdict.
+    opened = result["openedBy"]
+    assert opened["samePage"], opened
+    assert opened["url"].startswith("/ohif/afloc?StudyInstanceUIDs="), opened
+    assert opened["lastOpen"]["valid"] and "CR" in opened["lastOpen"]["modalities"].split("\\"), opened
+
+
+def test_expanded_row_mode_buttons_still_open_studies(run):
+    """The DX study was opened the stock way: a click expands its row, the mode's button opens it."""
+    result = run["result"]
+    assert "mode-afloc" in result["dxModeButtons"], result["dxModeButtons"]
+    assert len(result["dxModeButtons"]) >= 2, result["dxModeButtons"]  # the stock modes are still offered
 
 
 def test_nothing_is_fetched_from_outside_and_the_font_is_local(run):
@@ -232,8 +252,9 @@ def test_nothing_is_fetched_from_outside_and_the_font_is_local(run):
     assert result["external"] == [], f"requests beyond the server: {result['external']}"
     assert result["fonts"]["interLoaded"] and any(f.startswith("Inter") for f in result["fonts"]["faces"])
     assert not result["pageErrors"], result["pageErrors"]
-    # The bad prompt is the only refused request.
-    assert [e["status"] for e in result["apiErrors"]] == [400], result["apiErrors"]
+    # The bad prompt and the run without a model are the only refused requests.
+    assert [e["status"] for e in result["apiErrors"]] == [400, 503], result["apiErrors"]
+    assert "/infer/afloc" in result["apiErrors"][1]["url"]
 
 
 def test_heatmap_on_screen_is_the_servers_heatmap(run):
@@ -360,6 +381,15 @@ def test_errors_are_shown_in_the_panel(run):
     result = run["result"]
     assert "300" in result["errorBadPrompt"] and result["errorBadPromptVisible"]
     assert "Cannot reach the AFLoc server" in result["errorServerDown"]
+
+
+def test_no_model_is_named_in_the_panel(run):
+    """The served checkpoint folder moved away: the server's 503 message is shown in the panel."""
+    no_model = run["result"]["noModel"]
+    assert no_model["status"] == 503, no_model
+    assert no_model["visible"]
+    assert no_model["message"].startswith("The AFLoc model is not available: no AFLoc checkpoint is being served")
+    assert "build_demo.py" in no_model["message"] and no_model["shownText"] == no_model["message"]
 
 
 def test_the_dx_study_works_the_same(run):

@@ -320,6 +320,9 @@ def test_panel_files_are_served_and_nothing_else(viewer):
 def test_app_config_carries_mode_and_panel(viewer):
     text = viewer.get("/ohif/app-config.js").text
     assert text.index("afloc-label-xray") < text.index("window.__aflocPanel")
+    marks = [f"// Added by AFLoc Label (apps/afloc_label/lib/{name})" for name in
+             ("ohif_afloc_mode.js", "ohif/afloc_study_list.js", "ohif/afloc_panel.js")]
+    assert text.index(marks[0]) < text.index(marks[1]) < text.index(marks[2])
     assert "'afloc-label.panelModule.afloc'" in text
 
 
@@ -389,3 +392,78 @@ def test_accepted_segments_keep_non_ascii_prompts(tmp_path):
     seg = hd.seg.segread(str(write_segmentation(tmp_path / "seg.dcm", label, request, geometry, source, "final")))
     assert [d.SegmentLabel for d in seg.SegmentSequence] == names
     assert "ISO_IR 192" in seg.SpecificCharacterSet
+
+
+# --------------------------------------------------------------------------------------------
+# The study list: a double-click opens a 2D study in the AFLoc mode
+# --------------------------------------------------------------------------------------------
+
+STUDY_LIST_JS = APP_DIR / "lib" / "ohif" / "afloc_study_list.js"
+MODE_JS = APP_DIR / "lib" / "ohif_afloc_mode.js"
+
+# Minimal stand-ins for what the script touches: rows with data-cy and closest(), the history,
+# the viewer's data source (QIDO-RS result with `modalities`) and the loaded AFLoc mode.
+_STUDY_LIST_PRELUDE = """
+global.window = {location: {origin: 'http://x', pathname: '/ohif/', search: ''}};
+const listeners = {}; const pushed = []; const events = [];
+global.document = {cookie: '', addEventListener: (n, f, c) => { listeners[n] = {f, c}; }, querySelector: () => null};
+window.history = {state: {usr: null, key: 'a', idx: 3}, pushState(s, t, url) { this.state = s; pushed.push(url); }};
+window.dispatchEvent = (e) => events.push(e.type);
+global.PopStateEvent = class { constructor(type, init) { this.type = type; this.state = init.state; } };
+global.setTimeout = () => 0;
+function node(cy, parent) {
+  const n = {cy, parentElement: parent || null, getAttribute: (k) => (k === 'data-cy' ? cy : null)};
+  n.closest = (sel) => { for (let x = n; x; x = x.parentElement) if (x.cy !== undefined && sel === 'tr[data-cy]') return x; return null; };
+  return n;
+}
+function plain(parent) { const n = node(undefined, parent); return n; }
+require(process.argv[1]); require(process.argv[2]);
+const mode = window.config.modes[0].modeFactory();
+const studies = {'1.2.3': 'CR\\\\SEG', '1.2.4': 'CT', '1.2.5': 'DX/SR'};
+const ext = window.config.extensions.find((e) => e.id === 'afloc-label-study-list');
+ext.preRegistration({appConfig: {routerBasename: '/ohif/', loadedModes: [mode]}, extensionManager: {getActiveDataSource: () => [{query: {studies: {search: async ({studyInstanceUid}) => [{studyInstanceUid, modalities: studies[studyInstanceUid]}]}}}]}});
+const list = window.__aflocStudyList;
+"""
+
+
+def _study_list(script: str) -> dict:
+    out = subprocess.run(
+        ["node", "-e", _STUDY_LIST_PRELUDE + script, str(MODE_JS), str(STUDY_LIST_JS)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@needs_node
+def test_study_row_uid_only_for_a_studys_summary_row():
+    got = _study_list(
+        "const outer = node('studyRow-1.2.3'); const td = plain(outer); const summary = node('1.2.3', td);"
+        "const cell = plain(summary); const expanded = plain(td); const series = node('series-x', expanded);"
+        "console.log(JSON.stringify({cell: list.studyRowUid(cell), summary: list.studyRowUid(summary),"
+        " outer: list.studyRowUid(outer), expanded: list.studyRowUid(expanded), series: list.studyRowUid(series),"
+        " mismatch: list.studyRowUid(node('1.2.4', plain(node('studyRow-1.2.3')))), none: list.studyRowUid(null),"
+        " capture: listeners.dblclick && listeners.dblclick.c === true}));"
+    )
+    assert got == {"cell": "1.2.3", "summary": "1.2.3", "outer": None, "expanded": None, "series": None,
+                   "mismatch": None, "none": None, "capture": True}
+
+
+@needs_node
+def test_double_click_opens_2d_studies_in_the_afloc_mode_only():
+    got = _study_list(
+        "(async () => {"
+        "const cr = await list.open('1.2.3'); const crOpen = list.lastOpen;"
+        "const ct = await list.open('1.2.4'); const ctOpen = list.lastOpen;"
+        "const dx = await list.open('1.2.5');"
+        "const summary = node('1.2.5', plain(node('studyRow-1.2.5')));"
+        "listeners.dblclick.f({target: plain(summary)}); await new Promise((r) => setImmediate(r));"
+        "console.log(JSON.stringify({cr, crOpen, ct, ctOpen, dx, pushed, events, idx: window.history.state.idx})); })();"
+    )
+    assert got["cr"] == "/ohif/afloc?StudyInstanceUIDs=1.2.3"
+    assert got["crOpen"]["valid"] is True and got["crOpen"]["modalities"] == "CR\\SEG"
+    assert got["ct"] is None and got["ctOpen"] == {"uid": "1.2.4", "modalities": "CT", "valid": False}
+    assert got["dx"] == "/ohif/afloc?StudyInstanceUIDs=1.2.5"
+    # The CT study pushed nothing; the double-click on the DX row opened it like open() did.
+    assert got["pushed"] == [got["cr"], got["dx"], got["dx"]]
+    assert got["events"] == ["popstate"] * 3 and got["idx"] == 6

@@ -5,10 +5,12 @@
  * a private network namespace by run_in_netns.sh).
  *
  *   node ohif_panel_e2e.js --base-url URL --orthanc-url URL --study UID --series UID --out DIR
- *        [--prompt TEXT] [--second-prompt TEXT] [--report TEXT] [--timeout-s N]
+ *        [--checkpoint-dir DIR] [--prompt TEXT] [--second-prompt TEXT] [--report TEXT] [--timeout-s N]
  *
- * What a user does, counted: open the study (study list: click its row, click "AFLoc (X-ray)"),
- * type the prompt (the box has the focus), press Enter. Then, for tests/test_ohif_panel.py to
+ * What a user does, counted: open the study (one double-click on its row in the study list),
+ * type the prompt (the box has the focus), press Enter. The DX study is then opened the stock
+ * way (row click, then the "AFLoc (X-ray)" button). With --checkpoint-dir (the folder the server
+ * serves), the folder is moved aside at the end and back, to see the panel's "no model" message. Then, for tests/test_ohif_panel.py to
  * compare pixels with the server's data, it saves into OUT:
  *   panel-result.json            steps, user actions, requests, page state, errors
  *   viewport-before.png          the radiograph before any overlay
@@ -20,6 +22,7 @@
  *   label-t0.nrrd, label-t1.nrrd the server's label at both thresholds (raw NRRD)
  *   label-two.nrrd               the server's label for the two-prompt run
  *   accepted-seg.dcm, draft-seg.dcm   the DICOM-SEG instances read back from Orthanc
+ *   panel-no-model.png           the panel's message when the server has no model
  *   panel-*.png                  screenshots of each state for the docs
  */
 'use strict';
@@ -46,7 +49,7 @@ function parseArgs(argv) {
   };
   const names = {
     '--base-url': 'baseUrl', '--orthanc-url': 'orthancUrl', '--study': 'study', '--series': 'series',
-    '--out': 'out', '--prompt': 'prompt', '--second-prompt': 'secondPrompt', '--report': 'report', '--timeout-s': 'timeoutS',
+    '--out': 'out', '--checkpoint-dir': 'checkpointDir', '--prompt': 'prompt', '--second-prompt': 'secondPrompt', '--report': 'report', '--timeout-s': 'timeoutS',
   };
   for (let i = 0; i < argv.length; i += 2) {
     const key = names[argv[i]];
@@ -181,21 +184,26 @@ async function main() {
       return { interLoaded: document.fonts.check('14px Inter'), faces: [...document.fonts].filter((f) => f.status === 'loaded').map((f) => `${f.family} ${f.weight}`) };
     });
 
-    // 2. Open the study: click its row, then the mode's button (the "open" of open-type-Enter).
-    step('open the study in the AFLoc mode');
-    const row = rows.filter({ hasText: 'CR' }).first();
-    await row.click();
-    action('click', 'study row');
-    const modeButton = page.getByRole('button', { name: 'AFLoc (X-ray)' }).first();
-    await modeButton.waitFor({ timeout: 15000 });
-    await modeButton.click();
-    action('click', 'AFLoc (X-ray)');
+    // 2. Open the study: one double-click on its row in the study list (the "open" of
+    //    open-type-Enter). lib/ohif/afloc_study_list.js opens a CR/DX study in the AFLoc mode.
+    step('open the study in the AFLoc mode (double-click on its row)');
+    await page.evaluate(() => { window.__aflocSamePage = true; });
+    const summaryRow = page.locator(`tr[data-cy="${args.study}"]`);
+    await summaryRow.waitFor({ timeout: 15000 });
+    await summaryRow.dblclick();
+    action('dblclick', 'study row');
     const opened = result.actions.length;
     await page.waitForURL(/\/ohif\/afloc\?/, { timeout: 30000 });
     await page.locator('.cornerstone-viewport-element').first().waitFor({ state: 'visible', timeout: 30000 });
     await poll(() => imageDrawn(page), 30000, 'the radiograph');
     await page.locator('#afloc-prompt').waitFor({ state: 'visible', timeout: 30000 });
     await poll(async () => { const s = await snapshot(); return s && s.series && s.series.seriesUID === args.series; }, 30000, 'the panel to find the series');
+    // Opened inside the page (no reload), by the study-list hook, for the CR study.
+    result.openedBy = await page.evaluate(() => ({
+      samePage: window.__aflocSamePage === true,
+      lastOpen: window.__aflocStudyList ? window.__aflocStudyList.lastOpen : null,
+      url: window.location.pathname + window.location.search,
+    }));
     await page.waitForTimeout(800);
     result.focusAtOpen = await page.evaluate(() => document.activeElement && document.activeElement.id);
     await poll(async () => ((await page.locator('#afloc-model').textContent()) || '').includes('trained on'), 15000, 'the model line');
@@ -357,8 +365,11 @@ async function main() {
     await page.screenshot({ path: out('panel-study-list.png') });
 
     // 11. The DX study (the phantom radiograph, 0.39 mm pixels): open, type, Enter.
-    step('the DX study');
+    //     Opened the stock way: a click expands the row, its "AFLoc (X-ray)" button opens it
+    //     (the expanded row's mode buttons keep working next to the double-click).
+    step('the DX study (row click, then the mode button)');
     await rows.filter({ hasText: 'DX' }).first().click();
+    result.dxModeButtons = await page.locator('[data-cy^="mode-"]').evaluateAll((els) => els.map((e) => e.getAttribute('data-cy').split('-').slice(0, 2).join('-')));
     await page.getByRole('button', { name: 'AFLoc (X-ray)' }).first().click();
     await page.waitForURL(/\/ohif\/afloc\?/, { timeout: 30000 });
     await poll(() => imageDrawn(page), 30000, 'the DX radiograph');
@@ -373,6 +384,31 @@ async function main() {
     result.panelDx = await waitDrawn((s) => s.result && s.series.seriesUID === dxSeries && s.drawCount > 0, 'the DX overlay');
     result.serverLabelDx = await serverLabel(args.prompt, result.panelDx.threshold, 'label-dx.nrrd', dxSeries);
     await page.screenshot({ path: out('panel-dx.png') });
+
+    // 12. No usable model: the served checkpoint folder disappears (moved aside); the server
+    //     answers the next run with its 503 message, which the panel shows.
+    if (args.checkpointDir) {
+      step('no model');
+      const aside = `${args.checkpointDir}.removed`;
+      fs.renameSync(args.checkpointDir, aside);
+      try {
+        const box = page.locator('#afloc-prompt');
+        await box.fill(args.prompt);
+        const noModelReply = page.waitForResponse((r) => r.url().includes('/infer/afloc'), { timeout: 120000 });
+        await box.press('Enter');
+        const r = await noModelReply;
+        result.noModel = { status: r.status(), body: await r.json().catch(() => null) };
+        result.noModel.message = await poll(async () => {
+          const s = await snapshot();
+          return s.lastError && /model/i.test(s.lastError) ? s.lastError : null;
+        }, 30000, 'the no-model message');
+        result.noModel.visible = await page.locator('#afloc-message[role="alert"]').isVisible();
+        result.noModel.shownText = await page.locator('#afloc-message').textContent();
+        await page.screenshot({ path: out('panel-no-model.png') });
+      } finally {
+        fs.renameSync(aside, args.checkpointDir);
+      }
+    }
     result.ok = true;
   } catch (error) {
     result.error = String((error && error.stack) || error);

@@ -9,7 +9,8 @@
 # nothing outside is reachable from the browser.
 # Environment: AFLOC_PYTHON (Python with the project installed, required), AFLOC_E2E_TIMEOUT_S
 # (browser part, default 100), AFLOC_STACK_ARGS (more options for start_ohif_mode.sh, e.g.
-# "--no-demo --dicom DIR"), AFLOC_NETNS_CHECK (a Python script run instead of the browser, as
+# "--no-demo --dicom DIR"), AFLOC_E2E_NO_MODEL_CHECK (1: the panel suite moves CHECKPOINT aside at
+# the end to see the "no model" message; give it a copy), AFLOC_NETNS_CHECK (a Python script run instead of the browser, as
 # SCRIPT SERVER_URL DICOMWEB_URL OUT_DIR WORKDIR; its exit status is this script's).
 # Writes OUT_DIR/server.log, what ohif_e2e.js writes and OUT_DIR/dicomweb.json
 # (tests/browser/dicomweb_checks.py).
@@ -74,9 +75,12 @@ done < <(qido 'series?Modality=CR' | uids 0020000E; qido 'series?Modality=DX' | 
 status=0
 if [ "$SUITE" = "panel" ]; then
   SERIES="$(qido "studies/$STUDY/series?Modality=$MODALITY" | uids 0020000E | head -n 1)"
+  # AFLOC_E2E_NO_MODEL_CHECK=1: CHECKPOINT is a copy the browser run may move aside for a while.
+  no_model_args=()
+  if [ "${AFLOC_E2E_NO_MODEL_CHECK:-}" = "1" ]; then no_model_args=(--checkpoint-dir "$CHECKPOINT"); fi
   node "$ROOT/tests/browser/ohif_panel_e2e.js" --base-url "http://127.0.0.1:$PORT" \
     --orthanc-url "http://127.0.0.1:$ORTHANC_PORT" --study "$STUDY" --series "$SERIES" --out "$OUT" \
-    --prompt "$PROMPT" --report "${AFLOC_E2E_REPORT:-}" --timeout-s "${AFLOC_E2E_TIMEOUT_S:-240}" || status=$?
+    "${no_model_args[@]+"${no_model_args[@]}"}" --prompt "$PROMPT" --report "${AFLOC_E2E_REPORT:-}" --timeout-s "${AFLOC_E2E_TIMEOUT_S:-240}" || status=$?
   exit "$status"
 fi
 node "$ROOT/tests/browser/ohif_e2e.js" --base-url "http://127.0.0.1:$PORT" --study "$STUDY" \

@@ -19,11 +19,12 @@ server's FastAPI app:
 ``manifest.json`` is sent with its icon paths under ``/ohif/`` (the bundle names them
 ``/assets/...``, a folder the server does not have).
 
-``app-config.js`` is sent with ``ohif_afloc_mode.js`` and ``ohif/afloc_panel.js`` (next to this
-module) appended: they add the "AFLoc (X-ray)" viewer mode at
-``/ohif/afloc?StudyInstanceUIDs=...`` for CR/DX studies (a stack viewport with the AFLoc panel
+``app-config.js`` is sent with ``ohif_afloc_mode.js``, ``ohif/afloc_study_list.js`` and
+``ohif/afloc_panel.js`` (next to this module) appended: they add the "AFLoc (X-ray)" viewer mode
+at ``/ohif/afloc?StudyInstanceUIDs=...`` for CR/DX studies (a stack viewport with the AFLoc panel
 and the stock MONAI Label panel; see those files for why the stock mode cannot show a
-radiograph and what the panel does). ``/ohif/_afloc/<file>`` serves the panel's own files
+radiograph and what the panel does), and open such a study in that mode on a double-click in
+the study list. ``/ohif/_afloc/<file>`` serves the panel's own files
 (``ohif/*.css``).
 
 No request leaves the machine: the bundle's ``index.html`` and ``app.bundle.css`` ask Google
@@ -73,6 +74,8 @@ MODE_SCRIPT = Path(__file__).resolve().parent / "ohif_afloc_mode.js"
 #: The AFLoc panel's own files: its script (appended after the mode) and stylesheet.
 PANEL_DIR = Path(__file__).resolve().parent / "ohif"
 PANEL_SCRIPT = PANEL_DIR / "afloc_panel.js"
+#: Double-click on a 2D study in the study list opens it in the AFLoc mode.
+STUDY_LIST_SCRIPT = PANEL_DIR / "afloc_study_list.js"
 #: ``/ohif/<ASSET_PREFIX>...``: the panel's files and the local fonts (not part of the bundle).
 ASSET_PREFIX = "_afloc/"
 #: Inter's file name suffix -> CSS font weight (Debian's fonts-inter names).
@@ -159,10 +162,15 @@ def media_type(path: Path) -> str:
 
 
 def app_config_script(root: Path) -> bytes:
-    """The bundle's ``app-config.js`` followed by the AFLoc mode and panel scripts."""
+    """The bundle's ``app-config.js`` followed by the AFLoc mode, study-list and panel scripts."""
     stock = (root / _APP_CONFIG).read_bytes()
     parts = [stock.rstrip()]
-    for script, name in ((MODE_SCRIPT, "ohif_afloc_mode.js"), (PANEL_SCRIPT, "ohif/afloc_panel.js")):
+    scripts = (
+        (MODE_SCRIPT, "ohif_afloc_mode.js"),
+        (STUDY_LIST_SCRIPT, "ohif/afloc_study_list.js"),
+        (PANEL_SCRIPT, "ohif/afloc_panel.js"),
+    )
+    for script, name in scripts:
         if script.is_file():
             parts.append(f"// Added by AFLoc Label (apps/afloc_label/lib/{name})".encode() + b"\n" + script.read_bytes())
     return b"\n\n".join(parts)
