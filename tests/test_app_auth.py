@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
@@ -203,3 +206,50 @@ def test_login_through_the_server(auth_server):
     wrong = requests.post(f"{auth_server.url}/auth/token", data={"username": "alice", "password": "nope"}, timeout=30)
     assert wrong.status_code == 401, wrong.text[:300]
     assert "password" in wrong.json()["detail"]
+
+
+# --------------------------------------------------------------------------------------------
+# The OHIF AFLoc panel against this server (its JavaScript in Node: real HTTP, no browser)
+# --------------------------------------------------------------------------------------------
+
+PANEL_JS = Path(__file__).resolve().parents[1] / "apps" / "afloc_label" / "lib" / "ohif" / "afloc_panel.js"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_ohif_panel_sends_the_token_and_names_401(auth_server, issuer):
+    """No token: "sign in"; a bad one: "rejected"; after signing in every request carries it."""
+    script = (
+        f"global.window = {{}}; require({json.dumps(str(PANEL_JS))}); const panel = window.__aflocPanel;"
+        "const base = process.argv[1]; const realFetch = fetch; const sent = [];"
+        # The page's requests are relative to its origin; here the server's address is put in front.
+        "global.fetch = (url, options) => { sent.push((options && options.headers && new Headers(options.headers).get('Authorization')) || null);"
+        "  return realFetch(url.startsWith('/') ? base + url : url, options); };"
+        "const info = async () => { try { return (await panel.request('/info/', {}, 'reading the server info')).status; }"
+        "  catch (e) { return e.message; } };"
+        "(async () => { const out = {};"
+        "out.none = await info();"
+        "panel.setToken('not.a.token', 'x'); out.bad = await info(); panel.setToken(null);"
+        "try { await panel.signInWith({username: 'uma', password: 'wrong'}); } catch (e) { out.wrongPassword = e.message; }"
+        "try { await panel.signInWith({token: 'not.a.token'}); } catch (e) { out.badPasted = e.message; }"
+        "out.header = panel.authHeader();"
+        "out.signedIn = (await panel.signInWith({username: 'uma', password: 'uma-pw'})).user;"
+        "sent.length = 0; out.after = await info(); out.sentAfter = sent.slice();"
+        "const form = new FormData(); form.append('params', JSON.stringify({prompt: 'nodule'}));"
+        "out.infer = (await panel.request('/infer/afloc?image=phantom_00000&output=json', {method: 'POST', body: form}, 'localizing')).status;"
+        "out.pasted = (await panel.signInWith({token: 'Bearer ' + process.argv[2]})).user;"
+        "console.log(JSON.stringify(out)); })().catch((e) => { console.error(e); process.exit(1); });"
+    )
+    done = subprocess.run(
+        ["node", "-e", script, auth_server.url, issuer.token("alice")], capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["none"].startswith("The AFLoc server asks you to sign in (reading the server info)"), out
+    assert out["bad"].startswith("The AFLoc server rejected your sign-in token (reading the server info): invalid token"), out
+    assert out["wrongPassword"].startswith("Sign-in refused (signing in):") and "password" in out["wrongPassword"], out
+    assert out["badPasted"].startswith("Sign-in refused (checking the token): invalid token"), out
+    assert out["header"] is None  # failed sign-ins keep no token
+    assert out["signedIn"] == "uma"
+    assert out["after"] == 200 and out["sentAfter"][0].startswith("Bearer ey"), out
+    assert out["infer"] == 200
+    assert out["pasted"] == "alice"

@@ -363,12 +363,22 @@ def test_panel_error_messages_name_the_problem():
         "out.model = await panel.replyError(reply(503, {detail: 'no AFLoc checkpoint is served yet: run scripts/build_demo.py', error: 'ModelUnavailableError'}), 'localizing');"
         "out.prompt = await panel.replyError(reply(400, {detail: 'prompt is empty', error: 'BadRequestError'}), 'localizing');"
         "out.server = await panel.replyError(new Response('boom', {status: 500}), 'localizing');"
+        "out.signIn = await panel.replyError(reply(401, {detail: 'Not authenticated'}), 'localizing', false);"
+        "out.rejected = await panel.replyError(reply(401, {detail: 'invalid token: Signature has expired'}), 'localizing', true);"
         "try { await panel.request('http://127.0.0.1:9/infer/afloc', {method: 'POST'}, 'localizing'); } catch (e) { out.down = e.message; }"
         "console.log(JSON.stringify(out)); })();"
     )
     assert got["model"] == "The AFLoc model is not available: no AFLoc checkpoint is served yet: run scripts/build_demo.py"
     assert got["prompt"] == "The server refused (localizing): prompt is empty"
     assert got["server"].startswith("Localizing failed on the server (HTTP 500)")
+    assert got["signIn"] == (
+        'The AFLoc server asks you to sign in (localizing): enter your user name and password '
+        '(or paste an access token) under "Server sign-in".'
+    )
+    assert got["rejected"] == (
+        "The AFLoc server rejected your sign-in token (localizing): invalid token: Signature has expired. "
+        'Sign in again under "Server sign-in".'
+    )
     assert got["down"].startswith("Cannot reach the AFLoc server (localizing): is it running?")
 
 

@@ -24,7 +24,12 @@
  *   where masks overlap the prompt with the higher heat wins, the first on ties);
  * - Accept / Keep draft: POST /afloc/segments with the ticked segments (lib/ohif_segments.py
  *   stores a DICOM-SEG in the PACS; a draft also under the datastore tag afloc_draft);
- * - errors of any step as a message in the panel.
+ * - errors of any step as a message in the panel;
+ * - sign-in for a server with authentication on (MONAI_LABEL_AUTH_ENABLE): every request of the
+ *   panel carries `Authorization: Bearer <token>`, the viewer's own token when OHIF is signed in
+ *   (its userAuthenticationService, e.g. OHIF's OpenID Connect login), else the token of the
+ *   panel's "Server sign-in" (user name and password -> POST /auth/token, or a pasted token),
+ *   kept in this tab's sessionStorage; a 401 says "sign in" or "token rejected" and opens it.
  *
  * Test hook: window.__aflocPanel.
  */
@@ -55,6 +60,8 @@
   var OUTLINE_PX = 2;
   var DEFAULT_OPACITY = 0.5;
   var REACT_ELEMENT = typeof Symbol === 'function' ? Symbol.for('react.element') : 0xeac7;
+  // sessionStorage key of the panel's sign-in token (this tab only; gone when it closes).
+  var TOKEN_KEY = 'afloc-label.access-token';
 
   // ------------------------------------------------------------------ pure helpers (tested)
 
@@ -249,6 +256,26 @@
     e.draft = el('button', { id: 'afloc-draft', className: 'afloc-btn', text: 'Keep draft', disabled: 'disabled', onclick: function () { save('draft'); } });
     e.stored = el('div', { id: 'afloc-stored', className: 'afloc-stored' });
     e.image = el('div', { id: 'afloc-image', className: 'afloc-muted' });
+    var authKeys = function (event) {
+      if (event.key === 'Enter') {
+        event.preventDefault();
+        signInFromPanel();
+      }
+      event.stopPropagation();
+    };
+    e.authSummary = el('summary', { id: 'afloc-auth-summary', text: 'Server sign-in' });
+    e.authStatus = el('div', { id: 'afloc-auth-status', className: 'afloc-auth-status afloc-muted' });
+    e.authUser = el('input', { id: 'afloc-auth-user', type: 'text', autocomplete: 'username', placeholder: 'user name', 'aria-label': 'User name', onkeydown: authKeys });
+    e.authPassword = el('input', { id: 'afloc-auth-password', type: 'password', autocomplete: 'current-password', placeholder: 'password', 'aria-label': 'Password', onkeydown: authKeys });
+    e.authToken = el('input', { id: 'afloc-auth-token', type: 'password', autocomplete: 'off', placeholder: 'or paste an access token', 'aria-label': 'Access token', onkeydown: authKeys });
+    e.signIn = el('button', { id: 'afloc-sign-in', className: 'afloc-btn afloc-primary', text: 'Sign in', onclick: function () { signInFromPanel(); } });
+    e.signOut = el('button', { id: 'afloc-sign-out', className: 'afloc-btn', text: 'Sign out', disabled: 'disabled', onclick: signOut });
+    e.auth = el('details', { id: 'afloc-auth', className: 'afloc-auth' }, [
+      e.authSummary,
+      e.authStatus,
+      el('div', { className: 'afloc-auth-fields' }, [e.authUser, e.authPassword, e.authToken]),
+      el('div', { className: 'afloc-row afloc-buttons' }, [e.signOut, e.signIn]),
+    ]);
     e.model = el('div', { id: 'afloc-model', className: 'afloc-muted' });
 
     state.root = el('div', { id: 'afloc-panel', className: 'afloc-panel' }, [
@@ -272,8 +299,10 @@
       el('div', { className: 'afloc-row afloc-buttons' }, [e.draft, e.accept]),
       el('div', { className: 'afloc-section', text: 'Stored for this study' }),
       e.stored,
+      e.auth,
     ]);
     drawLegend();
+    renderAuth();
     renderReport(null);
   }
 
@@ -316,7 +345,151 @@
     if (kind === 'error') state.lastError = text;
   }
 
-  async function replyError(reply, what) {
+  // ------------------------------------------------------------------ sign-in (auth on)
+
+  var auth = { token: null, user: null };
+
+  function tokenStore() {
+    try {
+      return window.sessionStorage || null;
+    } catch (error) {
+      return null; // storage blocked: the token lives in this page only
+    }
+  }
+
+  function loadToken() {
+    var store = tokenStore();
+    if (!auth.token && store) auth.token = store.getItem(TOKEN_KEY) || null;
+    if (!auth.user && store) auth.user = store.getItem(TOKEN_KEY + '.user') || null;
+  }
+
+  /** Keep `token` (and the user name it stands for) for this tab; null signs out. */
+  function setToken(token, user) {
+    auth.token = token || null;
+    auth.user = token ? user || null : null;
+    var store = tokenStore();
+    if (store) {
+      if (auth.token) {
+        store.setItem(TOKEN_KEY, auth.token);
+        store.setItem(TOKEN_KEY + '.user', auth.user || '');
+      } else {
+        store.removeItem(TOKEN_KEY);
+        store.removeItem(TOKEN_KEY + '.user');
+      }
+    }
+    renderAuth();
+  }
+
+  /**
+   * The Authorization header for the server and where it comes from: the viewer's own sign-in
+   * (OHIF's userAuthenticationService, as its DICOMweb requests use it), else the panel's token;
+   * null when neither has one.
+   */
+  function authHeader() {
+    var service = state.services && state.services.userAuthenticationService;
+    try {
+      var viewer = service && service.getAuthorizationHeader && service.getAuthorizationHeader();
+      if (viewer && viewer.Authorization) return { value: viewer.Authorization, source: 'viewer' };
+    } catch (error) {
+      // the viewer has no sign-in of its own
+    }
+    loadToken();
+    return auth.token ? { value: 'Bearer ' + auth.token, source: 'panel' } : null;
+  }
+
+  /** fetch() with the sign-in header; `reply.aflocSentToken` says whether one was sent. */
+  async function send(url, options) {
+    var opts = Object.assign({}, options || {});
+    var headers = new Headers(opts.headers || {});
+    var header = authHeader();
+    if (header && !headers.has('Authorization')) headers.set('Authorization', header.value);
+    opts.headers = headers;
+    var reply = await fetch(url, opts);
+    reply.aflocSentToken = !!header;
+    return reply;
+  }
+
+  /**
+   * Sign in to the server: `{username, password}` (POST /auth/token) or `{token}` (pasted).
+   * The token is checked with GET /auth/token/valid, then kept; resolves to {user}.
+   */
+  async function signInWith(credentials) {
+    var token = credentials.token ? String(credentials.token).trim().replace(/^Bearer\s+/i, '') : '';
+    if (!token) {
+      if (!credentials.username || !credentials.password) throw new Error('enter a user name and a password, or paste an access token');
+      var form = new URLSearchParams();
+      form.set('username', credentials.username);
+      form.set('password', credentials.password);
+      var reply;
+      try {
+        reply = await fetch('/auth/token', { method: 'POST', body: form });
+      } catch (error) {
+        throw new Error('Cannot reach the AFLoc server (signing in): is it running? (' + (error.message || error) + ')');
+      }
+      if (!reply.ok) throw new Error(await replyError(reply, 'signing in', false, true));
+      token = ((await reply.json()) || {}).access_token;
+      if (!token) throw new Error('the server answered the sign-in without a token');
+    }
+    var check = await fetch('/auth/token/valid', { headers: { Authorization: 'Bearer ' + token } });
+    if (!check.ok) throw new Error(await replyError(check, 'checking the token', true, true));
+    var who = await check.json().catch(function () { return {}; });
+    var user = (who && (who.username || who.name || who.email)) || credentials.username || 'token';
+    setToken(token, user);
+    return { user: user };
+  }
+
+  function renderAuth(note, isError) {
+    var e = state.els;
+    if (!e.authSummary) return;
+    loadToken();
+    var header = authHeader();
+    var viewer = header && header.source === 'viewer';
+    e.authSummary.textContent = 'Server sign-in: ' + (viewer ? 'the viewer\'s' : auth.token ? auth.user || 'token' : 'not signed in');
+    e.authStatus.textContent = note || (viewer
+      ? 'Requests carry the viewer\'s own sign-in.'
+      : auth.token ? 'Signed in as ' + (auth.user || 'a pasted token') + ' (this tab only).' : 'Only needed when the server asks for it.');
+    e.authStatus.className = isError ? 'afloc-auth-status afloc-error-text' : 'afloc-auth-status afloc-muted';
+    if (auth.token) e.signOut.removeAttribute('disabled');
+    else e.signOut.setAttribute('disabled', 'disabled');
+  }
+
+  /** A 401 arrived: open the sign-in section and say why. */
+  function signInNeeded(rejected) {
+    var e = state.els;
+    if (!e.auth) return;
+    e.auth.open = true;
+    renderAuth(rejected ? 'The server rejected the token: sign in again.' : 'The server asks you to sign in.', true);
+  }
+
+  async function signInFromPanel() {
+    var e = state.els;
+    var credentials = { username: e.authUser.value.trim(), password: e.authPassword.value, token: e.authToken.value.trim() };
+    renderAuth('Signing in...');
+    try {
+      var who = await signInWith(credentials);
+      e.authPassword.value = '';
+      e.authToken.value = '';
+      renderAuth();
+      setMessage('Signed in as ' + who.user + '.', 'ok');
+      showModel();
+      if (state.series) {
+        loadReport();
+        loadStored();
+      }
+      e.prompt.focus();
+    } catch (error) {
+      e.authPassword.value = '';
+      renderAuth('Sign-in failed: ' + (error.message || error), true);
+      setMessage('Sign-in failed: ' + (error.message || error), 'error');
+    }
+  }
+
+  function signOut() {
+    setToken(null);
+    setMessage('Signed out: the panel sends no token.', 'ok');
+  }
+
+  async function replyError(reply, what, sentToken, signingIn) {
     var detail = '';
     try {
       var body = await reply.json();
@@ -325,20 +498,29 @@
     } catch (error) {
       detail = reply.statusText || '';
     }
+    if (reply.status === 401) {
+      if (signingIn) return 'Sign-in refused (' + what + '): ' + (detail || 'HTTP 401');
+      if (sentToken) return 'The AFLoc server rejected your sign-in token (' + what + '): ' + (detail || 'HTTP 401') + '. Sign in again under "Server sign-in".';
+      return 'The AFLoc server asks you to sign in (' + what + '): enter your user name and password (or paste an access token) under "Server sign-in".';
+    }
     if (reply.status === 503) return 'The AFLoc model is not available: ' + detail;
     if (reply.status === 404 && /model/i.test(detail)) return 'The server has no AFLoc model: ' + detail;
     if (reply.status >= 400 && reply.status < 500) return 'The server refused (' + what + '): ' + (detail || 'HTTP ' + reply.status);
     return what.charAt(0).toUpperCase() + what.slice(1) + ' failed on the server (HTTP ' + reply.status + ')' + (detail ? ': ' + detail : '');
   }
 
+  /** fetch() with the sign-in header; a refused or failed request throws a message for the panel. */
   async function request(url, options, what) {
     var reply;
     try {
-      reply = await fetch(url, options);
+      reply = await send(url, options);
     } catch (error) {
       throw new Error('Cannot reach the AFLoc server (' + what + '): is it running? (' + (error.message || error) + ')');
     }
-    if (!reply.ok) throw new Error(await replyError(reply, what));
+    if (!reply.ok) {
+      if (reply.status === 401) signInNeeded(reply.aflocSentToken);
+      throw new Error(await replyError(reply, what, reply.aflocSentToken));
+    }
     return reply;
   }
 
@@ -384,14 +566,15 @@
     try {
       // The server reads the report's findings (negations left out); older servers: the report
       // from the image info, read here.
-      var reply = await fetch('/afloc/findings?image=' + encodeURIComponent(series.seriesUID));
+      var reply = await send('/afloc/findings?image=' + encodeURIComponent(series.seriesUID));
       var body;
       if (reply.status === 404) {
         reply = await request('/datastore/image/info?image=' + encodeURIComponent(series.seriesUID), {}, 'reading the report');
         var info = await reply.json();
         body = { report: info && info.report ? info.report : null, findings: null };
       } else if (!reply.ok) {
-        throw new Error(await replyError(reply, 'reading the report'));
+        if (reply.status === 401) signInNeeded(reply.aflocSentToken);
+        throw new Error(await replyError(reply, 'reading the report', reply.aflocSentToken));
       } else {
         body = await reply.json();
       }
@@ -887,6 +1070,9 @@
     fnv1a: fnv1a,
     replyError: replyError,
     request: request,
+    signInWith: signInWith,
+    setToken: setToken,
+    authHeader: authHeader,
     colormap: function () { return Array.from(LUT); },
     /** What the panel holds now (for the e2e test; pixels on screen are checked separately). */
     snapshot: function () {
@@ -903,6 +1089,7 @@
         reportFindings: state.reportFindings || [],
         storedSeries: state.storedSeries || [],
         focused: document.activeElement === state.els.prompt,
+        signedIn: auth.token ? auth.user || 'token' : null,
       };
       if (r) {
         var label = combinedLabel(r.prompts, state.threshold, null);
