@@ -1,8 +1,9 @@
 """MONAI Label's authentication, end to end, with a local token issuer (no network beyond loopback).
 
-The issuer below plays the part of a Keycloak realm as MONAI Label 0.8.5 uses it: ``GET <realm>``
-returns the realm's RSA ``public_key``, ``<realm>/.well-known/openid-configuration`` names the
-token endpoint, which grants tokens for a user name and password. The server runs with
+The issuer (``tests/token_issuer.py``) plays the part of a Keycloak realm as MONAI Label 0.8.5
+uses it: ``GET <realm>`` returns the realm's RSA ``public_key``,
+``<realm>/.well-known/openid-configuration`` names the token endpoint, which grants tokens for a
+user name and password. The server runs with
 ``MONAI_LABEL_AUTH_ENABLE=true`` and every optional route group on, so that authentication (not
 the route policy) is what refuses a request. Without ``lib/security.py``, MONAI Label refused
 every token (PyJWT 2 needs the algorithms named) and ``POST /reload`` needed none.
@@ -14,91 +15,20 @@ import base64
 import json
 import shutil
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pytest
 import requests
 
-from conftest import free_port
+from token_issuer import ADMIN, TokenIssuer
 
-ADMIN, ANNOTATOR, USER = "monailabel-admin", "monailabel-annotator", "monailabel-user"
-USERS = {"alice": ("alice-pw", [ADMIN, ANNOTATOR, USER]), "uma": ("uma-pw", [USER])}
 SESSION = "0c0ffee0-0000-1000-8000-000000000000"
 # Routes hidden from /openapi.json (deprecated or include_in_schema=False) that still change things.
 HIDDEN_MUTATING = [
     ("POST", "/reload"), ("PUT", "/datastore/"), ("DELETE", "/datastore/"), ("POST", "/train/"),
     ("POST", "/scoring/"), ("PUT", "/datastore/updatelabelinfo"), ("POST", "/proxy/dicom/studies"),
 ]
-
-
-class TokenIssuer:
-    """An RSA-signing token issuer served over HTTP on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        der = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.public_pem = self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.public_b64 = base64.b64encode(der).decode()
-        self.port = free_port()
-        self.realm = f"http://127.0.0.1:{self.port}/realms/afloc"
-        issuer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # keep pytest output clean
-                pass
-
-            def _json(self, status: int, body: dict) -> None:
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self) -> None:
-                if self.path == "/realms/afloc":
-                    self._json(200, {"realm": "afloc", "public_key": issuer.public_b64})
-                elif self.path == "/realms/afloc/.well-known/openid-configuration":
-                    self._json(200, {"token_endpoint": issuer.realm + "/protocol/openid-connect/token"})
-                else:
-                    self._json(404, {"error": "not found"})
-
-            def do_POST(self) -> None:
-                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
-                user = form.get("username", [""])[0]
-                if form.get("grant_type") == ["password"] and USERS.get(user, ("",))[0] == form.get("password", [None])[0]:
-                    self._json(200, {"access_token": issuer.token(user), "token_type": "bearer"})
-                else:
-                    self._json(401, {"error": "invalid_grant"})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def token(self, user: str, roles: list | None = None, lifetime: float = 600, key=None, algorithm: str = "RS256") -> str:
-        import jwt
-
-        claims = {
-            "preferred_username": user, "email": f"{user}@example.org", "name": user.title(),
-            "realm_access": {"roles": USERS[user][1] if roles is None else roles},
-            "exp": int(time.time() + lifetime), "iat": int(time.time()),
-        }
-        return jwt.encode(claims, key if key is not None else self.key, algorithm=algorithm)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +68,16 @@ def test_every_mutating_route_is_refused_without_a_token(auth_server):
         reply = requests.request(method, auth_server.url + path, timeout=30)
         expected = 405 if path.startswith("/model/") else 401  # weights never change over HTTP
         assert reply.status_code == expected, f"{method} {path}: {reply.status_code} {reply.text[:200]}"
-    for path in ("/info/", "/datastore/", "/train/"):
-        assert requests.get(auth_server.url + path, timeout=30).status_code == 401
+    for path in ("/info/", "/datastore/", "/train/", "/proxy/dicom/qido/studies", "/afloc/findings?image=x"):
+        assert requests.get(auth_server.url + path, timeout=30).status_code == 401, path
+
+
+def test_the_viewers_own_files_load_without_a_token(auth_server):
+    """The OHIF page must load before anyone can sign in; it holds no data (its data routes are 401)."""
+    page = requests.get(f"{auth_server.url}/ohif/", timeout=30)
+    config = requests.get(f"{auth_server.url}/ohif/app-config.js", timeout=30)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert config.status_code == 200 and "afloc-label-sign-in" in config.text
 
 
 def test_a_valid_token_opens_the_routes_its_roles_allow(auth_server, issuer):

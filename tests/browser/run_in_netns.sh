@@ -2,8 +2,9 @@
 # Runs the OHIF end-to-end check inside a private network namespace:
 #   unshare -n bash tests/browser/run_in_netns.sh OUT_DIR CHECKPOINT [PROMPT [MODALITY [SUITE]]]
 # MODALITY (CR or DX, default CR) picks the demo study opened in the viewer. SUITE: `stock`
-# (default; the stock MONAI Label panel, ohif_e2e.js + dicomweb_checks.py) or `panel` (the AFLoc
-# panel, ohif_panel_e2e.js).
+# (default; the stock MONAI Label panel, ohif_e2e.js + dicomweb_checks.py), `panel` (the AFLoc
+# panel, ohif_panel_e2e.js) or `auth` (authentication on, with tests/token_issuer.py in the
+# namespace as the identity provider; sign-in in the viewer, ohif_auth_e2e.js).
 # Orthanc (which listens on every interface), the AFLoc Label server and Chromium all live in
 # the namespace, where the only interface is loopback: nothing is reachable from outside and
 # nothing outside is reachable from the browser.
@@ -33,6 +34,20 @@ if ip -o link show | awk -F': ' '{print $2}' | grep -qv '^lo$'; then
   exit 3
 fi
 
+ISSUER_PID=""
+if [ "$SUITE" = "auth" ]; then
+  # Authentication on, against a local token issuer (tests/token_issuer.py) in this namespace.
+  ISSUER_PORT=8090
+  "$AFLOC_PYTHON" "$ROOT/tests/token_issuer.py" --port "$ISSUER_PORT" >"$OUT/issuer.log" 2>&1 &
+  ISSUER_PID=$!
+  export MONAI_LABEL_AUTH_ENABLE=true
+  export MONAI_LABEL_AUTH_REALM_URI="http://127.0.0.1:$ISSUER_PORT/realms/afloc"
+  for _ in $(seq 1 60); do
+    curl -sf "$MONAI_LABEL_AUTH_REALM_URI" >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+fi
+
 read -r -a STACK_ARGS <<<"${AFLOC_STACK_ARGS:-}"
 bash "$ROOT/scripts/start_ohif_mode.sh" --port "$PORT" --orthanc-port "$ORTHANC_PORT" \
   --workdir "$OUT/work" --checkpoint "$CHECKPOINT" "${STACK_ARGS[@]+"${STACK_ARGS[@]}"}" >"$OUT/server.log" 2>&1 &
@@ -42,15 +57,26 @@ stop_stack() {
     kill -TERM "$STACK_PID" 2>/dev/null || true
     wait "$STACK_PID" 2>/dev/null || true
   fi
+  if [ -n "$ISSUER_PID" ] && kill -0 "$ISSUER_PID" 2>/dev/null; then
+    kill -TERM "$ISSUER_PID" 2>/dev/null || true
+    wait "$ISSUER_PID" 2>/dev/null || true
+  fi
 }
 trap stop_stack EXIT
 
+# Up: /info/ answers (200, or 401 with authentication on).
+server_up() {
+  case "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/info/" 2>/dev/null)" in
+    200 | 401) return 0 ;;
+    *) return 1 ;;
+  esac
+}
 for _ in $(seq 1 240); do
-  curl -sf "http://127.0.0.1:$PORT/info/" >/dev/null 2>&1 && break
+  server_up && break
   kill -0 "$STACK_PID" 2>/dev/null || { echo "the server stack exited; see $OUT/server.log" >&2; tail -30 "$OUT/server.log" >&2; exit 4; }
   sleep 0.5
 done
-curl -sf "http://127.0.0.1:$PORT/info/" >/dev/null || { echo "server not up after 120 s" >&2; tail -30 "$OUT/server.log" >&2; exit 4; }
+server_up || { echo "server not up after 120 s" >&2; tail -30 "$OUT/server.log" >&2; exit 4; }
 
 if [ -n "${AFLOC_NETNS_CHECK:-}" ]; then
   status=0
@@ -73,6 +99,12 @@ while IFS= read -r uid; do
 done < <(qido 'series?Modality=CR' | uids 0020000E; qido 'series?Modality=DX' | uids 0020000E)
 
 status=0
+if [ "$SUITE" = "auth" ]; then
+  SERIES="$(qido "studies/$STUDY/series?Modality=$MODALITY" | uids 0020000E | head -n 1)"
+  node "$ROOT/tests/browser/ohif_auth_e2e.js" --base-url "http://127.0.0.1:$PORT" --study "$STUDY" \
+    --series "$SERIES" --out "$OUT" --prompt "$PROMPT" --timeout-s "${AFLOC_E2E_TIMEOUT_S:-180}" || status=$?
+  exit "$status"
+fi
 if [ "$SUITE" = "panel" ]; then
   SERIES="$(qido "studies/$STUDY/series?Modality=$MODALITY" | uids 0020000E | head -n 1)"
   # AFLOC_E2E_NO_MODEL_CHECK=1: CHECKPOINT is a copy the browser run may move aside for a while.

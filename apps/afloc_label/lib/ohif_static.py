@@ -19,8 +19,9 @@ server's FastAPI app:
 ``manifest.json`` is sent with its icon paths under ``/ohif/`` (the bundle names them
 ``/assets/...``, a folder the server does not have).
 
-``app-config.js`` is sent with ``ohif_afloc_mode.js``, ``ohif/afloc_study_list.js`` and
-``ohif/afloc_panel.js`` (next to this module) appended: they add the "AFLoc (X-ray)" viewer mode
+``app-config.js`` is sent with ``ohif_afloc_mode.js``, ``ohif/afloc_study_list.js``,
+``ohif/afloc_panel.js`` and ``ohif/afloc_sign_in.js`` (next to this module) appended (the last
+one: sign-in when authentication is on): they add the "AFLoc (X-ray)" viewer mode
 at ``/ohif/afloc?StudyInstanceUIDs=...`` for CR/DX studies (a stack viewport with the AFLoc panel
 and the stock MONAI Label panel; see those files for why the stock mode cannot show a
 radiograph and what the panel does), and open such a study in that mode on a double-click in
@@ -33,8 +34,9 @@ Fonts for the Inter font. They are sent with those references replaced by
 ``fonts-inter``, or the folder in ``$AFLOC_OHIF_FONT_DIR``) served at ``/ohif/_afloc/fonts/``;
 without them the viewer's CSS falls back to a local sans-serif font.
 
-The route keeps the stock one's access check (MONAI Label's ``RBAC`` dependency, a no-op unless
-authentication is switched on).
+Unlike the stock route, this one has no access check: the viewer's files hold no data, and with
+authentication on (``MONAI_LABEL_AUTH_ENABLE``) the page must load before anyone can sign in
+(``ohif/afloc_sign_in.js``); every route that reads or writes data keeps its own check.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ PANEL_DIR = Path(__file__).resolve().parent / "ohif"
 PANEL_SCRIPT = PANEL_DIR / "afloc_panel.js"
 #: Double-click on a 2D study in the study list opens it in the AFLoc mode.
 STUDY_LIST_SCRIPT = PANEL_DIR / "afloc_study_list.js"
+#: With authentication on: the viewer's DICOMweb requests carry the sign-in token; a 401 asks to sign in.
+SIGN_IN_SCRIPT = PANEL_DIR / "afloc_sign_in.js"
 #: ``/ohif/<ASSET_PREFIX>...``: the panel's files and the local fonts (not part of the bundle).
 ASSET_PREFIX = "_afloc/"
 #: Inter's file name suffix -> CSS font weight (Debian's fonts-inter names).
@@ -169,6 +173,7 @@ def app_config_script(root: Path) -> bytes:
         (MODE_SCRIPT, "ohif_afloc_mode.js"),
         (STUDY_LIST_SCRIPT, "ohif/afloc_study_list.js"),
         (PANEL_SCRIPT, "ohif/afloc_panel.js"),
+        (SIGN_IN_SCRIPT, "ohif/afloc_sign_in.js"),
     )
     for script, name in scripts:
         if script.is_file():
@@ -255,18 +260,20 @@ def install(fastapi_app: Any) -> None:
     """Register the fixed ``/ohif/{path}`` route ahead of MONAI Label's own (idempotent)."""
     if getattr(fastapi_app.state, _INSTALLED_FLAG, False):
         return
-    from fastapi import Depends, HTTPException
+    from fastapi import HTTPException
     from fastapi.responses import FileResponse, Response
     from fastapi.routing import APIRoute
-    from monailabel.config import settings
-    from monailabel.endpoints.user.auth import RBAC, User
 
     root = ohif_dir().resolve()
     if not (root / "index.html").is_file():
         logger.warning("no OHIF bundle in %s; /ohif/ stays as MONAI Label serves it", root)
         return
 
-    async def get_ohif_file(path: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))) -> Any:
+    # No access check: these are the viewer's own files (code, styles, fonts), the same for
+    # everyone and free of data. With authentication on, the page must load before the user can
+    # sign in; every request that reads or writes data (/proxy/dicom, /infer, /datastore,
+    # /afloc, /info) keeps its own check.
+    async def get_ohif_file(path: str) -> Any:
         if path == _APP_CONFIG and MODE_SCRIPT.is_file():
             # Read per request (small files): edits to the mode or panel need no server restart.
             return Response(app_config_script(root), media_type=_MEDIA_TYPES[".js"], headers=_NO_STORE)

@@ -26,10 +26,11 @@
  *   stores a DICOM-SEG in the PACS; a draft also under the datastore tag afloc_draft);
  * - errors of any step as a message in the panel;
  * - sign-in for a server with authentication on (MONAI_LABEL_AUTH_ENABLE): every request of the
- *   panel carries `Authorization: Bearer <token>`, the viewer's own token when OHIF is signed in
- *   (its userAuthenticationService, e.g. OHIF's OpenID Connect login), else the token of the
- *   panel's "Server sign-in" (user name and password -> POST /auth/token, or a pasted token),
- *   kept in this tab's sessionStorage; a 401 says "sign in" or "token rejected" and opens it.
+ *   panel carries `Authorization: Bearer <token>`: the token of this tab's sign-in (the panel's
+ *   "Server sign-in": user name and password -> POST /auth/token, or a pasted token; the same
+ *   one as the viewer's sign-in form, lib/ohif/afloc_sign_in.js), kept in sessionStorage, else
+ *   the viewer's own (OHIF's userAuthenticationService, e.g. its OpenID Connect login); a 401
+ *   says "sign in" or "token rejected" and opens the sign-in section.
  *
  * Test hook: window.__aflocPanel.
  */
@@ -381,11 +382,14 @@
   }
 
   /**
-   * The Authorization header for the server and where it comes from: the viewer's own sign-in
-   * (OHIF's userAuthenticationService, as its DICOMweb requests use it), else the panel's token;
+   * The Authorization header for the server and where it comes from: the token of this tab's
+   * sign-in (the panel's "Server sign-in" or the viewer's sign-in form, lib/ohif/afloc_sign_in.js),
+   * else the viewer's own (OHIF's userAuthenticationService, e.g. its OpenID Connect login);
    * null when neither has one.
    */
   function authHeader() {
+    loadToken();
+    if (auth.token) return { value: 'Bearer ' + auth.token, source: 'panel' };
     var service = state.services && state.services.userAuthenticationService;
     try {
       var viewer = service && service.getAuthorizationHeader && service.getAuthorizationHeader();
@@ -393,8 +397,7 @@
     } catch (error) {
       // the viewer has no sign-in of its own
     }
-    loadToken();
-    return auth.token ? { value: 'Bearer ' + auth.token, source: 'panel' } : null;
+    return null;
   }
 
   /** fetch() with the sign-in header; `reply.aflocSentToken` says whether one was sent. */
@@ -478,7 +481,9 @@
       }
       e.prompt.focus();
     } catch (error) {
+      // The password and a refused token are not kept (the next try starts from the user name).
       e.authPassword.value = '';
+      e.authToken.value = '';
       renderAuth('Sign-in failed: ' + (error.message || error), true);
       setMessage('Sign-in failed: ' + (error.message || error), 'error');
     }
