@@ -35,7 +35,7 @@ N_SAMPLE = 120
 # from the generator's templates, so a template that names the wrong thing is caught.
 TERMS = {
     "opacity": r"opacit|consolidat|airspace|pneumonia",
-    "nodule": r"nodul",
+    "nodule": r"nodul|\bmass",
     "effusion": r"effusion|pleural fluid",
     "pneumothorax": r"pneumothora",
     "atelectasis": r"atelecta",
@@ -374,3 +374,63 @@ def test_killed_run_leaves_only_complete_images(tmp_path):
             image.load()  # raises on a truncated file
             assert image.size == (256, 256)
         assert path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+
+
+# --- the varied style (domain randomisation) -------------------------------------------------
+
+
+def test_plain_style_is_the_default_and_unchanged_by_the_styles():
+    """Adding styles changed nothing about plain phantoms: the default draws them, bit for bit the
+    same with ``style="plain"`` as without the argument."""
+    for i in range(5):
+        default = generate_phantom(np.random.default_rng([31, i]), SIZE)
+        plain = generate_phantom(np.random.default_rng([31, i]), SIZE, style="plain")
+        assert np.array_equal(default.image, plain.image) and default.report == plain.report
+
+
+def test_varied_style_keeps_masks_and_reports_but_changes_the_look():
+    """Same seed: the varied study has the same findings, report and (pose aside) the same masks'
+    meaning; its image differs from the plain one, and it is reproducible."""
+    for i in range(8):
+        a = generate_phantom(np.random.default_rng([32, i]), SIZE, style="varied")
+        b = generate_phantom(np.random.default_rng([32, i]), SIZE, style="varied")
+        plain = generate_phantom(np.random.default_rng([32, i]), SIZE, style="plain")
+        assert np.array_equal(a.image, b.image) and a.report == b.report
+        assert a.report == plain.report
+        assert [f.prompt for f in a.findings] == [f.prompt for f in plain.findings]
+        assert a.image.dtype == np.uint8 and a.image.shape == (SIZE, SIZE)
+        assert not np.array_equal(a.image, plain.image)
+        for f in a.findings:
+            assert f.mask.shape == (SIZE, SIZE) and f.mask.any(), f.prompt
+
+
+def test_varied_findings_stay_visible_in_the_finding_s_own_mask():
+    """Findings get fainter or softer in the varied style but never vanish: measured against the
+    same varied study drawn without its findings (same pose, texture, devices and noise)."""
+    deltas = []
+    for i in range(40):
+        with_findings = _generate(np.random.default_rng([33, i]), SIZE, draw_findings=True, style="varied")
+        without = _generate(np.random.default_rng([33, i]), SIZE, draw_findings=False, style="varied")
+        for f in with_findings.findings:
+            delta = float(with_findings.image[f.mask].mean()) - float(without.image[f.mask].mean())
+            deltas.append(-delta if f.name == "pneumothorax" else delta)
+            assert deltas[-1] > 1.5, (i, f.prompt, delta)
+    assert np.median(deltas) > 8
+
+
+def test_varied_style_varies_pose_and_exposure():
+    """Across studies the varied style spreads the image statistics far wider than plain does."""
+    def spread(style):
+        images = [generate_phantom(np.random.default_rng([34, i]), SIZE, style=style).image for i in range(24)]
+        return np.std([im.mean() for im in images]), np.std([im.std() for im in images])
+
+    plain_mean, plain_std = spread("plain")
+    varied_mean, varied_std = spread("varied")
+    assert varied_mean > 1.5 * plain_mean and varied_std > 1.5 * plain_std
+
+
+def test_unknown_style_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown phantom style 'glossy'"):
+        generate_phantom(np.random.default_rng(0), SIZE, style="glossy")
+    with pytest.raises(ConfigError, match="unknown phantom style"):
+        write_phantom_datastore(tmp_path / "x", 2, 0, SIZE, style="glossy")

@@ -190,10 +190,15 @@ class _Grid:
         return rows, cols
 
 
-def _sample_grid(rng: np.random.Generator, size: int) -> _Grid:
-    angle = float(np.deg2rad(rng.uniform(-4.0, 4.0)))
-    scale = float(rng.uniform(0.92, 1.04))
-    shift = (float(rng.uniform(-0.025, 0.025)), float(rng.uniform(-0.025, 0.025)))
+def _sample_grid(
+    rng: np.random.Generator, size: int, rotation_deg: float = 4.0, scale_range: tuple[float, float] = (0.92, 1.04),
+    max_shift: float = 0.025,
+) -> _Grid:
+    """A random pose: rotation up to ``rotation_deg``, anatomy scale in ``scale_range``, shift up to
+    ``max_shift`` of the image each way (the defaults are the plain style's)."""
+    angle = float(np.deg2rad(rng.uniform(-rotation_deg, rotation_deg)))
+    scale = float(rng.uniform(*scale_range))
+    shift = (float(rng.uniform(-max_shift, max_shift)), float(rng.uniform(-max_shift, max_shift)))
     centres = (np.arange(size, dtype=np.float32) + 0.5) / size
     yy, xx = np.meshgrid(centres, centres, indexing="ij")
     # Invert the pose so each pixel asks "which anatomy is here?".
@@ -350,9 +355,10 @@ class _Layers:
     image: np.ndarray
     markings: np.ndarray
     lungs: dict[str, np.ndarray]
+    body: np.ndarray
 
 
-def _render_anatomy(rng: np.random.Generator, anat: _Anatomy, grid: _Grid) -> _Layers:
+def _render_anatomy(rng: np.random.Generator, anat: _Anatomy, grid: _Grid, rib_gain: float = 1.0) -> _Layers:
     x, y = grid.x, grid.y
     half_width = _body_half_width(anat, y)
     body = (np.abs(x - 0.5) < half_width) & (y > -0.05)
@@ -382,7 +388,7 @@ def _render_anatomy(rng: np.random.Generator, anat: _Anatomy, grid: _Grid) -> _L
     spine = (np.abs(x - 0.5) < 0.032) & body
     vertebrae = 0.6 + 0.4 * np.cos(2 * np.pi * (y - anat.rib_top) / anat.rib_spacing) ** 2
     image = image + np.where(spine, 0.10 * vertebrae, 0.0)
-    image = image + 0.075 * _rib_shadows(anat, grid) * body
+    image = image + 0.075 * rib_gain * _rib_shadows(anat, grid) * body
     image = image + 0.12 * _clavicles(anat, grid) * body
 
     markings = np.zeros_like(image)
@@ -390,4 +396,4 @@ def _render_anatomy(rng: np.random.Generator, anat: _Anatomy, grid: _Grid) -> _L
         markings = np.maximum(markings, _vessel_markings(rng, grid, lung) * lungs[lung.side])
         hilum = np.exp(-(np.hypot(x - lung.hilum[0], y - lung.hilum[1]) / 0.035) ** 2)
         markings = np.maximum(markings, 0.8 * hilum * lungs[lung.side])
-    return _Layers(image=image, markings=markings, lungs=lungs)
+    return _Layers(image=image, markings=markings, lungs=lungs, body=body)

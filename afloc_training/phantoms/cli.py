@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from afloc_models.errors import AFLocError
-from afloc_training.phantoms.generator import MAX_SIZE, MIN_SIZE
+from afloc_training.phantoms.generator import DEFAULT_STYLE, MAX_SIZE, MIN_SIZE
+from afloc_training.phantoms.style import STYLES
 from afloc_training.phantoms.writer import GROUND_TRUTH_DIR, write_phantom_datastore
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,11 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same files")
     parser.add_argument(
         "--size", type=int, default=256, help=f"image side in pixels ({MIN_SIZE}-{MAX_SIZE}, default 256)"
+    )
+    parser.add_argument(
+        "--style", choices=STYLES, default=DEFAULT_STYLE,
+        help=f"plain: clean phantoms; varied: domain randomisation of pose, texture, exposure, noise, devices "
+        f"and finding appearance (default {DEFAULT_STYLE})",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace phantoms already in --out")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing phantoms (same files; default 1)")
@@ -42,7 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--out '{args.out}' is a file, not a folder")
     try:
         out = write_phantom_datastore(
-            args.out, args.n, args.seed, args.size, overwrite=args.overwrite, workers=max(1, args.workers)
+            args.out, args.n, args.seed, args.size, overwrite=args.overwrite, workers=max(1, args.workers),
+            style=args.style,
         )
     except AFLocError as error:
         print(f"afloc-phantoms: error: {error}", file=sys.stderr)

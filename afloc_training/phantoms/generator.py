@@ -12,6 +12,7 @@ from afloc_models.errors import ConfigError
 from afloc_training.phantoms.anatomy import _render_anatomy, _sample_anatomy, _sample_grid, _smooth_noise
 from afloc_training.phantoms.findings import _CLEARS_MARKINGS, _RENDERERS, _choose_specs, _prompt
 from afloc_training.phantoms.language import _write_report
+from afloc_training.phantoms.style import STYLES, add_devices, add_texture, finish_varied, restyle_finding, sample_style
 
 MIN_SIZE = 64
 
@@ -57,23 +58,27 @@ def _finish(rng: np.random.Generator, image: np.ndarray, size: int) -> np.ndarra
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-_MARKINGS_WEIGHT = 0.15
+DEFAULT_STYLE = "plain"
 
 
-def generate_phantom(rng: np.random.Generator, size: int = 256) -> Phantom:
+def generate_phantom(rng: np.random.Generator, size: int = 256, style: str = DEFAULT_STYLE) -> Phantom:
     """One synthetic chest radiograph with 0-3 findings, its report and per-finding masks.
 
     ``rng`` is the only source of randomness: the same generator state gives the same phantom.
     The image is ``[size, size]`` uint8; each ``Finding.mask`` is ``[size, size]`` bool.
+    ``style`` is ``"plain"`` (clean phantoms) or ``"varied"`` (domain randomisation: pose, texture,
+    exposure, noise, devices and finding appearance drawn from wide ranges; :mod:`.style`).
     """
-    return _generate(rng, size, draw_findings=True)
+    return _generate(rng, size, draw_findings=True, style=style)
 
 
-def _generate(rng: np.random.Generator, size: int, draw_findings: bool) -> Phantom:
+def _generate(rng: np.random.Generator, size: int, draw_findings: bool, style: str = DEFAULT_STYLE) -> Phantom:
     """:func:`generate_phantom`; with ``draw_findings=False`` the same study without its findings
     drawn (same anatomy, pose, texture, noise, report and masks), to measure their contrast."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ConfigError(f"phantom size must be an integer between {MIN_SIZE} and {MAX_SIZE}, got {size!r}")
+    if style not in STYLES:
+        raise ConfigError(f"unknown phantom style {style!r} (known: {', '.join(STYLES)})")
     size = int(size)
     # One independent stream per stage, so leaving the findings out changes nothing else.
     seeds = [int(s) for s in rng.integers(0, 2**63 - 1, size=7)]
@@ -81,31 +86,45 @@ def _generate(rng: np.random.Generator, size: int, draw_findings: bool) -> Phant
         np.random.default_rng(s) for s in seeds[:6]
     )
     texture_seed = seeds[6]
+    # The style has its own streams (derived from the texture seed), so a plain study is drawn
+    # exactly as before the styles existed.
+    look = sample_style(np.random.default_rng([texture_seed, 1]), style)
+    look_rng = np.random.default_rng([texture_seed, 2])
 
     specs = _choose_specs(spec_rng)
     healthy = _sample_anatomy(anatomy_rng)
-    grid = _sample_grid(pose_rng, size)
+    grid = _sample_grid(pose_rng, size, look.rotation_deg, look.scale, look.shift)
     anat = healthy.enlarge_heart(finding_rng) if any(s.name == "cardiomegaly" for s in specs) else healthy
-    layers = _render_anatomy(np.random.default_rng(texture_seed), anat, grid)
+    layers = _render_anatomy(np.random.default_rng(texture_seed), anat, grid, look.rib_gain)
+    texture_state = np.random.default_rng([texture_seed, 3])
+    layers.image = add_texture(texture_state, layers.image, layers.body, look)
 
     # Pneumothorax and effusion wipe out lung markings, so they render before the markings are
     # added; every other finding is drawn on top of them.
     masks: dict[int, np.ndarray] = {}
     details: dict[int, str] = {}
     first = [i for i, spec in enumerate(specs) if spec.name in _CLEARS_MARKINGS]
+    def render(i: int) -> None:
+        before = layers.image.copy()
+        masks[i], details[i] = _RENDERERS[specs[i].name](finding_rng, anat, grid, layers, specs[i])
+        layers.image = restyle_finding(look_rng, before, layers.image, look)
+
     for i in first:
-        masks[i], details[i] = _RENDERERS[specs[i].name](finding_rng, anat, grid, layers, specs[i])
-    layers.image += _MARKINGS_WEIGHT * layers.markings
+        render(i)
+    layers.image += look.markings * layers.markings
     for i in (i for i in range(len(specs)) if i not in first):
-        masks[i], details[i] = _RENDERERS[specs[i].name](finding_rng, anat, grid, layers, specs[i])
+        render(i)
 
     image = layers.image
     if not draw_findings:
-        plain = _render_anatomy(np.random.default_rng(texture_seed), healthy, grid)
-        image = plain.image + _MARKINGS_WEIGHT * plain.markings
+        plain = _render_anatomy(np.random.default_rng(texture_seed), healthy, grid, look.rib_gain)
+        plain_image = add_texture(np.random.default_rng([texture_seed, 3]), plain.image, plain.body, look)
+        image = plain_image + look.markings * plain.markings
+    image = add_devices(np.random.default_rng([texture_seed, 4]), image, look)
     findings = [
         Finding(name=spec.name, side=spec.side, zone=spec.zone, prompt=_prompt(spec), mask=masks[i])
         for i, spec in enumerate(specs)
     ]
     report = _write_report(report_rng, specs, [details[i] for i in range(len(specs))])
-    return Phantom(image=_finish(finish_rng, image, size), report=report, findings=findings)
+    finished = _finish(finish_rng, image, size) if look.name == "plain" else finish_varied(finish_rng, image, look)
+    return Phantom(image=finished, report=report, findings=findings)

@@ -10,16 +10,16 @@ import numpy as np
 from afloc_training.phantoms.findings import FINDING_NAMES, _Spec
 
 _ZONE_NOUNS = {
-    "upper": ("upper zone", "upper lung zone", "upper lung"),
-    "middle": ("mid zone", "middle lung zone", "mid lung"),
-    "lower": ("lower zone", "lower lung zone", "lower lung", "lung base"),
+    "upper": ("upper zone", "upper lung zone", "upper lung", "upper lobe"),
+    "middle": ("mid zone", "middle lung zone", "mid lung", "midlung"),
+    "lower": ("lower zone", "lower lung zone", "lower lung", "lung base", "lower lobe"),
 }
 
 
 _ZONE_ADJECTIVES = {
-    "upper": ("upper zone", "upper lobe", "apical"),
-    "middle": ("mid zone", "midlung", "middle zone"),
-    "lower": ("lower zone", "lower lobe", "basilar"),
+    "upper": ("upper zone", "upper lobe", "apical", "upper lung"),
+    "middle": ("mid zone", "midlung", "middle zone", "mid lung"),
+    "lower": ("lower zone", "lower lobe", "basilar", "lower lung"),
 }
 
 
@@ -102,6 +102,8 @@ def _positive_sentence(rng: np.random.Generator, spec: _Spec, detail: str) -> st
             f"{side} {adjective} airspace opacity.",
             f"patchy airspace disease is seen in the {side} {noun}.",
             f"consolidation of the {side} {noun}, concerning for pneumonia.",
+            f"{side} {adjective} pneumonia.",
+            f"{side} {adjective} consolidation.",
         )
     elif spec.name == "nodule":
         mm = detail
@@ -110,6 +112,8 @@ def _positive_sentence(rng: np.random.Generator, spec: _Spec, detail: str) -> st
             f"there is a {int(mm) / 10:.1f} cm rounded nodular density in the {side} {noun}.",
             f"{side} {adjective} pulmonary nodule measuring {mm} mm.",
             f"well-circumscribed nodule in the {side} {noun}.",
+            f"{side} {adjective} {'mass' if int(mm) >= 20 else 'nodule'}.",
+            f"rounded {'mass' if int(mm) >= 20 else 'nodular density'} in the {side} {noun}.",
         )
     elif spec.name == "effusion":
         size = spec.variant
@@ -159,6 +163,7 @@ def _positive_sentence(rng: np.random.Generator, spec: _Spec, detail: str) -> st
             "moderate cardiomegaly.",
             "the cardiac silhouette is enlarged.",
             "enlarged cardiac silhouette.",
+            "the heart size is enlarged.",
         )
     else:  # edema
         options = (

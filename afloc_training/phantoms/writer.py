@@ -18,7 +18,8 @@ import numpy as np
 
 from afloc_models.errors import ConfigError
 from afloc_training.phantoms.findings import FINDING_NAMES
-from afloc_training.phantoms.generator import MAX_SIZE, MIN_SIZE, generate_phantom
+from afloc_training.phantoms.generator import DEFAULT_STYLE, MAX_SIZE, MIN_SIZE, generate_phantom
+from afloc_training.phantoms.style import STYLES
 
 # Ground truth lives here, inside the datastore folder. MONAI Label's LocalDatastore (0.8.5) only
 # lists files directly in the images folder and label files under ``labels/<tag>/``, so files in
@@ -100,9 +101,9 @@ def _clear_previous(out_dir: Path, overwrite: bool) -> None:
         ground_truth.unlink()
 
 
-def _write_phantom(out: Path, seed: int, size: int, width: int, index: int) -> list[dict[str, str]]:
+def _write_phantom(out: Path, seed: int, size: int, style: str, width: int, index: int) -> list[dict[str, str]]:
     """Draw phantom ``index`` and write its report, masks and image; return its findings.csv rows."""
-    phantom = generate_phantom(np.random.default_rng([seed, index]), size)
+    phantom = generate_phantom(np.random.default_rng([seed, index]), size, style)
     stem = f"phantom_{index:0{width}d}"
     masks_dir = out / GROUND_TRUTH_DIR / MASKS_DIR
     _atomic_write(out / f"{stem}.txt", phantom.report.encode("utf-8"))
@@ -126,7 +127,8 @@ def _write_phantom(out: Path, seed: int, size: int, width: int, index: int) -> l
 
 
 def write_phantom_datastore(
-    out_dir: str | os.PathLike, n: int, seed: int, size: int = 256, overwrite: bool = False, workers: int = 1
+    out_dir: str | os.PathLike, n: int, seed: int, size: int = 256, overwrite: bool = False, workers: int = 1,
+    style: str = DEFAULT_STYLE,
 ) -> Path:
     """Write ``n`` phantoms as a MONAI Label local datastore folder and return its path.
 
@@ -156,12 +158,14 @@ def write_phantom_datastore(
 
     out = Path(out_dir)
     _check_arguments(out, n, size)
+    if style not in STYLES:
+        raise ConfigError(f"unknown phantom style {style!r} (known: {', '.join(STYLES)})")
     _clear_previous(out, overwrite)
     masks_dir = out / GROUND_TRUTH_DIR / MASKS_DIR
     masks_dir.mkdir(parents=True, exist_ok=True)
 
     width = max(5, len(str(n - 1)))
-    write = functools.partial(_write_phantom, out, int(seed), int(size), width)
+    write = functools.partial(_write_phantom, out, int(seed), int(size), style, width)
     rows: list[dict[str, str]] = []
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=n, desc="afloc-phantoms", unit="image", disable=n <= 50, file=sys.stderr))
@@ -185,6 +189,7 @@ def write_phantom_datastore(
         "n": int(n),
         "seed": int(seed),
         "size": int(size),
+        "style": style,
         "image_bits": 8,
         "convention": "patient right = image left",
         "findings": list(FINDING_NAMES),
