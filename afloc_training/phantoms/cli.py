@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from afloc_models.errors import AFLocError
 from afloc_training.phantoms.generator import DEFAULT_STYLE, MAX_SIZE, MIN_SIZE
 from afloc_training.phantoms.style import STYLES
-from afloc_training.phantoms.writer import GROUND_TRUTH_DIR, write_phantom_datastore
+from afloc_training.phantoms.writer import DEFAULT_REAL_FRACTION, GROUND_TRUTH_DIR, write_phantom_datastore
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -31,6 +31,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"plain: clean phantoms; varied: domain randomisation of pose, texture, exposure, noise, devices "
         f"and finding appearance (default {DEFAULT_STYLE})",
     )
+    parser.add_argument(
+        "--real-fraction", type=float, default=DEFAULT_REAL_FRACTION,
+        help="share of studies drawn on real radiographs (training split of the --backgrounds folder) "
+        f"instead of phantoms (default {DEFAULT_REAL_FRACTION}; ignored without backgrounds)",
+    )
+    parser.add_argument(
+        "--backgrounds", default="auto",
+        help="cxr-notes folder of real radiographs; 'auto' (default): ../shared/data/cxr-notes beside the "
+        "repository when present, else phantoms only; 'none': phantoms only",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace phantoms already in --out")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing phantoms (same files; default 1)")
     return parser
@@ -44,12 +54,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--n must be a positive integer, got {args.n}")
     if not MIN_SIZE <= args.size <= MAX_SIZE:
         parser.error(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {args.size}")
+    if not 0.0 <= args.real_fraction <= 1.0:
+        parser.error(f"--real-fraction must be between 0 and 1, got {args.real_fraction}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out '{args.out}' is a file, not a folder")
     try:
         out = write_phantom_datastore(
             args.out, args.n, args.seed, args.size, overwrite=args.overwrite, workers=max(1, args.workers),
-            style=args.style,
+            style=args.style, backgrounds=None if args.backgrounds == "none" else args.backgrounds,
+            real_fraction=args.real_fraction,
         )
     except AFLocError as error:
         print(f"afloc-phantoms: error: {error}", file=sys.stderr)

@@ -13,13 +13,31 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional, Union
 
 import numpy as np
 
 from afloc_models.errors import ConfigError
 from afloc_training.phantoms.findings import FINDING_NAMES
 from afloc_training.phantoms.generator import DEFAULT_STYLE, MAX_SIZE, MIN_SIZE, generate_phantom
+from afloc_training.phantoms.radiographs import default_background_folder, find_backgrounds, generate_on_radiograph
 from afloc_training.phantoms.style import STYLES
+
+# Share of training studies drawn on real radiographs when a background folder is there.
+DEFAULT_REAL_FRACTION = 0.0
+
+
+def _background_folder(backgrounds: Union[str, os.PathLike, None]) -> Optional[Path]:
+    """The cxr-notes folder to draw backgrounds from, or None."""
+    if backgrounds is None:
+        return None
+    if str(backgrounds) == "auto":
+        folder = default_background_folder()
+        return folder if (folder / "pairs.csv").is_file() else None
+    folder = Path(backgrounds)
+    if not (folder / "pairs.csv").is_file():
+        raise ConfigError(f"background folder '{folder}' has no pairs.csv (expected a cxr-notes folder)")
+    return folder
 
 # Ground truth lives here, inside the datastore folder. MONAI Label's LocalDatastore (0.8.5) only
 # lists files directly in the images folder and label files under ``labels/<tag>/``, so files in
@@ -101,9 +119,24 @@ def _clear_previous(out_dir: Path, overwrite: bool) -> None:
         ground_truth.unlink()
 
 
-def _write_phantom(out: Path, seed: int, size: int, style: str, width: int, index: int) -> list[dict[str, str]]:
-    """Draw phantom ``index`` and write its report, masks and image; return its findings.csv rows."""
-    phantom = generate_phantom(np.random.default_rng([seed, index]), size, style)
+def _draw(seed: int, size: int, style: str, backgrounds: Optional[str], real_fraction: float, index: int):
+    """Study ``index``: on a real background with probability ``real_fraction`` (when there are
+    backgrounds), else a phantom. Depends only on the arguments."""
+    rng = np.random.default_rng([seed, index])
+    if backgrounds and real_fraction > 0:
+        choice = np.random.default_rng([seed, index, 1])
+        found = find_backgrounds(Path(backgrounds), size)
+        if found and choice.random() < real_fraction:
+            return generate_on_radiograph(rng, found[int(choice.integers(len(found)))])
+    return generate_phantom(rng, size, style)
+
+
+def _write_phantom(
+    out: Path, seed: int, size: int, style: str, backgrounds: Optional[str], real_fraction: float, width: int,
+    index: int,
+) -> list[dict[str, str]]:
+    """Draw study ``index`` and write its report, masks and image; return its findings.csv rows."""
+    phantom = _draw(seed, size, style, backgrounds, real_fraction, index)
     stem = f"phantom_{index:0{width}d}"
     masks_dir = out / GROUND_TRUTH_DIR / MASKS_DIR
     _atomic_write(out / f"{stem}.txt", phantom.report.encode("utf-8"))
@@ -128,7 +161,8 @@ def _write_phantom(out: Path, seed: int, size: int, style: str, width: int, inde
 
 def write_phantom_datastore(
     out_dir: str | os.PathLike, n: int, seed: int, size: int = 256, overwrite: bool = False, workers: int = 1,
-    style: str = DEFAULT_STYLE,
+    style: str = DEFAULT_STYLE, backgrounds: Union[str, os.PathLike, None] = "auto",
+    real_fraction: float = DEFAULT_REAL_FRACTION,
 ) -> Path:
     """Write ``n`` phantoms as a MONAI Label local datastore folder and return its path.
 
@@ -149,6 +183,12 @@ def write_phantom_datastore(
     byte-identical files and a smaller ``n`` gives a prefix of a larger one. Every file is written
     atomically; the image last, so an image that exists always has its report and masks.
     ``workers`` > 1 draws phantoms in that many processes; the files are the same either way.
+
+    ``style`` is the phantoms' look (``plain`` or ``varied``, see :mod:`.style`). With
+    ``backgrounds`` (a cxr-notes folder; ``"auto"``: ``../shared/data/cxr-notes`` beside the
+    repository when it exists, else none), a ``real_fraction`` share of the studies draws findings
+    into real radiographs of that folder's training split instead (:mod:`.radiographs`); without
+    one, every study is a phantom.
     Raises ConfigError for bad arguments or when ``out_dir`` already holds phantoms and
     ``overwrite`` is False.
     """
@@ -160,12 +200,19 @@ def write_phantom_datastore(
     _check_arguments(out, n, size)
     if style not in STYLES:
         raise ConfigError(f"unknown phantom style {style!r} (known: {', '.join(STYLES)})")
+    if not 0.0 <= float(real_fraction) <= 1.0:
+        raise ConfigError(f"real_fraction must be between 0 and 1, got {real_fraction!r}")
+    folder = _background_folder(backgrounds)
+    n_backgrounds = len(find_backgrounds(folder, int(size))) if folder is not None and real_fraction > 0 else 0
     _clear_previous(out, overwrite)
     masks_dir = out / GROUND_TRUTH_DIR / MASKS_DIR
     masks_dir.mkdir(parents=True, exist_ok=True)
 
     width = max(5, len(str(n - 1)))
-    write = functools.partial(_write_phantom, out, int(seed), int(size), style, width)
+    write = functools.partial(
+        _write_phantom, out, int(seed), int(size), style, str(folder) if n_backgrounds else None,
+        float(real_fraction), width,
+    )
     rows: list[dict[str, str]] = []
     with contextlib.ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=n, desc="afloc-phantoms", unit="image", disable=n <= 50, file=sys.stderr))
@@ -190,6 +237,8 @@ def write_phantom_datastore(
         "seed": int(seed),
         "size": int(size),
         "style": style,
+        "real_fraction": float(real_fraction) if n_backgrounds else 0.0,
+        "real_backgrounds": n_backgrounds,
         "image_bits": 8,
         "convention": "patient right = image left",
         "findings": list(FINDING_NAMES),

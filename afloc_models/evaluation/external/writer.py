@@ -11,11 +11,13 @@
 Usage::
 
     python -m afloc_models.evaluation.external --out DIR [--n 200] [--seed 7] [--size 320]
-        [--cxr-notes DIR] [--no-real] [--variants 2] [--overwrite]
+        [--cxr-notes DIR] [--no-real] [--variants 4] [--overwrite]
 
 The real set is built from ``../shared/data/cxr-notes`` next to the repository (or
 ``--cxr-notes``) and from pydicom-data's ``RG1_UNCI.dcm`` when they are there; without them only
-the synthetic set is written (with a message saying so). Same arguments, same files.
+the synthetic set is written (with a message saying so). Only the cxr-notes patients of the test
+half of :func:`afloc_models.radiograph_split.radiograph_split` are used: the other half may serve
+as backgrounds of training studies. Same arguments, same files.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from afloc_models.errors import AFLocError, ConfigError
+from afloc_models.radiograph_split import TRAIN, radiograph_split
 
 __all__ = ["SYNTHETIC_DIR", "REAL_DIR", "default_cxr_notes", "write_external_sets", "write_real_set",
            "write_synthetic_set", "main"]
@@ -170,6 +173,10 @@ def _real_sources(cxr_notes: Optional[Path]) -> list[tuple[str, Path]]:
         with (cxr_notes / "pairs.csv").open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 image = cxr_notes / row["file"]
+                # Patients of the training split may be backgrounds of training studies
+                # (afloc-phantoms --real-fraction): never test on them.
+                if radiograph_split(row.get("patient", row["id"])) == TRAIN:
+                    continue
                 if image.is_file():
                     sources.append((row["id"], image))
     spec = importlib.util.find_spec("data_store")
@@ -181,7 +188,7 @@ def _real_sources(cxr_notes: Optional[Path]) -> list[tuple[str, Path]]:
     return sources
 
 
-def write_real_set(out_dir: str | os.PathLike, seed: int, cxr_notes: Optional[Path] = None, variants: int = 2,
+def write_real_set(out_dir: str | os.PathLike, seed: int, cxr_notes: Optional[Path] = None, variants: int = 4,
                    overwrite: bool = False, limit: Optional[int] = None) -> Optional[Path]:
     """Insert findings into every real radiograph whose lung fields are found, ``variants`` times
     each (RG1_UNCI.dcm: ``3 * variants``). Returns None when no real radiograph is available."""
@@ -226,7 +233,7 @@ def write_real_set(out_dir: str | os.PathLike, seed: int, cxr_notes: Optional[Pa
 
 
 def write_external_sets(out_dir: str | os.PathLike, n: int = 200, seed: int = 7, size: int = 320,
-                        cxr_notes: Optional[Path] = None, real: bool = True, variants: int = 2,
+                        cxr_notes: Optional[Path] = None, real: bool = True, variants: int = 4,
                         overwrite: bool = False) -> dict[str, Path]:
     """Both sets under ``out_dir``; returns ``{"synthetic": path, "real": path}`` (real only if built)."""
     out = Path(out_dir)
@@ -247,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument("--size", type=int, default=320, help="long side of simulated images (default 320)")
     parser.add_argument("--cxr-notes", type=Path, default=None, help="real radiographs (default ../shared/data/cxr-notes)")
-    parser.add_argument("--variants", type=int, default=2, help="inserted-finding versions per real image (default 2)")
+    parser.add_argument("--variants", type=int, default=4, help="inserted-finding versions per real image (default 4)")
     parser.add_argument("--no-real", action="store_true", help="only the synthetic set")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing external set in --out")
     args = parser.parse_args(argv)
