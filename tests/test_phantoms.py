@@ -320,6 +320,11 @@ def test_cli_writes_a_datastore(tmp_path):
         "phantom_00000.png", "phantom_00001.png", "phantom_00002.png"
     ]
     assert (tmp_path / "ds" / GROUND_TRUTH_DIR / "findings.csv").is_file()
+    varied = _cli("--out", str(tmp_path / "v"), "--n", "2", "--seed", "4", "--size", "64", "--style", "varied",
+                  "--backgrounds", "none")
+    assert varied.returncode == 0, varied.stderr
+    manifest = json.loads((tmp_path / "v" / GROUND_TRUTH_DIR / "manifest.json").read_text())
+    assert manifest["style"] == "varied" and manifest["real_backgrounds"] == 0
 
 
 @pytest.mark.parametrize(
@@ -331,12 +336,15 @@ def test_cli_writes_a_datastore(tmp_path):
         (["--n", "2", "--size", "32"], "--size must be between 64"),
         (["--n", "2", "--out", "IS_A_FILE"], "is a file, not a folder"),
         (["--seed", "1"], "required"),
+        (["--n", "2", "--style", "glossy"], "invalid choice: 'glossy'"),
+        (["--n", "2", "--real-fraction", "1.5"], "--real-fraction must be between 0 and 1"),
+        (["--n", "2", "--real-fraction", "0.5", "--backgrounds", "NOWHERE"], "has no pairs.csv"),
     ],
 )
 def test_cli_bad_arguments_fail_cleanly(tmp_path, args, message):
     file_path = tmp_path / "file.png"
     file_path.write_bytes(b"not a folder")
-    args = [str(file_path) if a == "IS_A_FILE" else a for a in args]
+    args = [str(file_path) if a == "IS_A_FILE" else str(tmp_path / "nowhere") if a == "NOWHERE" else a for a in args]
     if "--out" not in args:
         args = ["--out", str(tmp_path / "ds"), *args]
     result = _cli(*args)
