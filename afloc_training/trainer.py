@@ -207,15 +207,20 @@ def describe_training_data(pairs: PairList) -> str:
 
     count = len(pairs.pairs)
     manifest = Path(pairs.source) / "ground_truth" / "manifest.json"
-    generator = None
+    generator, settings = None, {}
     if pairs.kind == "datastore" and manifest.is_file():
         try:
-            generator = json.loads(manifest.read_text(encoding="utf-8")).get("generator")
+            settings = json.loads(manifest.read_text(encoding="utf-8"))
+            generator = settings.get("generator")
         except (OSError, ValueError, AttributeError):
-            generator = None
+            generator, settings = None, {}
     synthetic = sum(pair.id.startswith("phantom_") for pair in pairs.pairs) if generator == "afloc-phantoms" else 0
     if synthetic and synthetic == count:
-        return f"synthetic phantoms (afloc-phantoms, {count} image-report pairs): not for clinical images"
+        style = settings.get("style", "plain")
+        real = float(settings.get("real_fraction", 0.0) or 0.0)
+        kind = "varied-style " if style == "varied" else ""
+        drawn = f", about {real:.0%} of them findings drawn on real radiographs" if real > 0 else ""
+        return f"synthetic {kind}phantoms (afloc-phantoms, {count} image-report pairs{drawn}): not for clinical images"
     kinds = {"datastore": "datastore", "csv": "CSV manifest", "mimic": "MIMIC-CXR-JPG", "dicomweb": "DICOMweb PACS"}
     name = _public_url(str(pairs.source)) if pairs.kind == "dicomweb" else Path(pairs.source).name
     text = f"{kinds.get(pairs.kind, pairs.kind)} '{name}' ({count} image-report pairs"

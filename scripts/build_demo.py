@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -63,7 +64,9 @@ TRAIN_MAX_MINUTES = 15.0
 TRAIN_SEED = 0
 #: What the demo model says it was trained on (checkpoint meta.json ``trained_on``; the server's
 #: /info, the Slicer module and the OHIF panel show it).
-TRAIN_TRAINED_ON = "demo: synthetic phantoms, not for clinical images"
+#: (Without ../shared/data/cxr-notes no study is drawn on a real radiograph: TRAIN_TRAINED_ON_PHANTOMS.)
+TRAIN_TRAINED_ON = "demo: synthetic phantoms (varied) and findings drawn on real radiographs, not for clinical images"
+TRAIN_TRAINED_ON_PHANTOMS = "demo: synthetic phantoms (varied), not for clinical images"
 
 # ----------------------------------------------------------------------------- defaults
 DEFAULT_DATASTORE = REPO_ROOT / "demo" / "datastore"
@@ -94,7 +97,8 @@ def build_datastore(folder: Path, cxr_notes: Path) -> Path:
     folder.mkdir(parents=True)
     log(f"writing {DEMO_PHANTOMS} phantom radiographs into {folder}")
     _run([sys.executable, "-m", "afloc_training.phantoms", "--out", str(folder), "--n", str(DEMO_PHANTOMS),
-          "--seed", str(DEMO_PHANTOM_SEED), "--size", str(DEMO_PHANTOM_SIZE)])
+          "--seed", str(DEMO_PHANTOM_SEED), "--size", str(DEMO_PHANTOM_SIZE), "--style", "plain",
+          "--real-fraction", "0"])
 
     licences = []
     for row in rows:
@@ -174,10 +178,12 @@ def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
         _run([sys.executable, "-m", "afloc_training.phantoms", "--out", str(phantoms), "--n", str(TRAIN_PHANTOMS),
               "--seed", str(TRAIN_PHANTOM_SEED), "--size", str(TRAIN_PHANTOM_SIZE),
               "--workers", str(os.cpu_count() or 1)])
+        manifest = json.loads((phantoms / "ground_truth" / "manifest.json").read_text(encoding="utf-8"))
+        trained_on = TRAIN_TRAINED_ON if manifest.get("real_backgrounds") else TRAIN_TRAINED_ON_PHANTOMS
         log(f"training AFLoc '{TRAIN_CONFIG}' for {TRAIN_MAX_STEPS} steps (at most {TRAIN_MAX_MINUTES:g} min)")
         _run([sys.executable, "-m", "afloc_training.cli", "--data", str(phantoms), "--out", str(trained),
               "--config", TRAIN_CONFIG, "--max-steps", str(TRAIN_MAX_STEPS),
-              "--max-minutes", str(TRAIN_MAX_MINUTES), "--seed", str(TRAIN_SEED), "--trained-on", TRAIN_TRAINED_ON,
+              "--max-minutes", str(TRAIN_MAX_MINUTES), "--seed", str(TRAIN_SEED), "--trained-on", trained_on,
               "--log-dir", str(work_dir / "logs")])
         if not checkpoint_complete(trained):
             raise SystemExit(f"build_demo: training finished without a checkpoint in {trained}")

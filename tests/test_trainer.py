@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -348,6 +349,19 @@ def test_trained_on_names_phantoms_and_mixed_datastores(tmp_path):
     )
     real = PairList(pairs=[ImageReportPair("c", Path("c.jpg"), ("b",), "h")], source=tmp_path / "pairs.csv", kind="csv")
     assert describe_training_data(real) == "CSV manifest 'pairs.csv' (1 image-report pairs)"
+    # The recipe's phantoms: varied style, a share drawn on real radiographs (read from the manifest).
+    varied = tmp_path / "varied"
+    write_phantom_datastore(varied, 3, seed=0, size=64, style="varied", backgrounds=None)
+    manifest = varied / "ground_truth" / "manifest.json"
+    settings = json.loads(manifest.read_text())
+    assert describe_training_data(PairList(pairs=phantoms, source=varied, kind="datastore")) == (
+        "synthetic varied-style phantoms (afloc-phantoms, 3 image-report pairs): not for clinical images"
+    )
+    manifest.write_text(json.dumps({**settings, "real_fraction": 0.3, "real_backgrounds": 37}))
+    assert describe_training_data(PairList(pairs=phantoms, source=varied, kind="datastore")) == (
+        "synthetic varied-style phantoms (afloc-phantoms, 3 image-report pairs, about 30% of them findings drawn "
+        "on real radiographs): not for clinical images"
+    )
     pacs = PairList(pairs=[ImageReportPair("c", Path("c.dcm"), ("b",), "h")],
                     source="https://reader:s3cret@pacs.example:8443/dicom-web?token=abc#x", kind="dicomweb")
     # Checkpoints and /info never carry the PACS credentials or query.

@@ -8,9 +8,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from afloc_models.errors import AFLocError
-from afloc_training.phantoms.generator import DEFAULT_STYLE, MAX_SIZE, MIN_SIZE
+from afloc_training.phantoms.generator import MAX_SIZE, MIN_SIZE
 from afloc_training.phantoms.style import STYLES
-from afloc_training.phantoms.writer import DEFAULT_REAL_FRACTION, GROUND_TRUTH_DIR, write_phantom_datastore
+from afloc_training.phantoms.writer import (
+    GROUND_TRUTH_DIR,
+    RECIPE_REAL_FRACTION,
+    RECIPE_STYLE,
+    write_phantom_datastore,
+)
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -27,14 +32,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--size", type=int, default=256, help=f"image side in pixels ({MIN_SIZE}-{MAX_SIZE}, default 256)"
     )
     parser.add_argument(
-        "--style", choices=STYLES, default=DEFAULT_STYLE,
+        "--style", choices=STYLES, default=RECIPE_STYLE,
         help=f"plain: clean phantoms; varied: domain randomisation of pose, texture, exposure, noise, devices "
-        f"and finding appearance (default {DEFAULT_STYLE})",
+        f"and finding appearance (default {RECIPE_STYLE}, the training recipe)",
     )
     parser.add_argument(
-        "--real-fraction", type=float, default=DEFAULT_REAL_FRACTION,
+        "--real-fraction", type=float, default=RECIPE_REAL_FRACTION,
         help="share of studies drawn on real radiographs (training split of the --backgrounds folder) "
-        f"instead of phantoms (default {DEFAULT_REAL_FRACTION}; ignored without backgrounds)",
+        f"instead of phantoms (default {RECIPE_REAL_FRACTION}, the training recipe; ignored without backgrounds)",
     )
     parser.add_argument(
         "--backgrounds", default="auto",
