@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from afloc_models.config import AFLocConfig, load_config  # noqa: E402
+from afloc_training.phantoms.writer import RECIPE_REAL_FRACTION, RECIPE_STYLE  # noqa: E402
 
 TARGETS = {"pointing_game": 0.6, "cnr": 1.0}
 #: Issue 13: on the external sets (every one), and in-domain at the same time.
@@ -65,6 +66,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--size", type=int, default=256, help="phantom side in pixels")
+    parser.add_argument("--style", choices=("plain", "varied"), default=RECIPE_STYLE,
+                        help=f"training phantoms' style (default {RECIPE_STYLE}: afloc-phantoms' recipe)")
+    parser.add_argument("--real-fraction", type=float, default=RECIPE_REAL_FRACTION,
+                        help="share of training studies drawn on real radiographs when ../shared/data/cxr-notes is "
+                        f"there (default {RECIPE_REAL_FRACTION}: afloc-phantoms' recipe)")
     parser.add_argument("--train-seed", type=int, default=1)
     parser.add_argument("--test-seed", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
@@ -115,12 +121,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     train_dir, test_dir = args.work / "train", args.work / "test"
-    wanted = [(test_dir, args.n_test, args.test_seed)]
+    # The in-domain test set is plain phantoms; the training set follows --style / --real-fraction
+    # (default: afloc-phantoms' own defaults, the training recipe).
+    wanted = [(test_dir, args.n_test, args.test_seed, "plain", 0.0)]
     if args.checkpoint is None:  # scoring a given checkpoint needs no training set
-        wanted.insert(0, (train_dir, args.n_train, args.train_seed))
-    for folder, n, seed in wanted:
-        if not _phantoms_ready(folder, n, seed, args.size):
-            write_phantom_datastore(folder, n, seed, size=args.size, overwrite=True, workers=args.workers)
+        wanted.insert(0, (train_dir, args.n_train, args.train_seed, args.style, args.real_fraction))
+    for folder, n, seed, style, real in wanted:
+        if not _phantoms_ready(folder, n, seed, args.size, style, real):
+            write_phantom_datastore(folder, n, seed, size=args.size, overwrite=True, workers=args.workers,
+                                    style=style, real_fraction=real)
     base = load_config(args.config)
 
     results: dict[str, Any] = {
@@ -259,7 +268,7 @@ def grid_ceiling(test_dir: Path, config: AFLocConfig, size: int) -> dict[str, An
     return {"cells": cells, "per_finding": per, "mean": round(float(np.mean(list(per.values()))), 3)}
 
 
-def _phantoms_ready(folder: Path, n: int, seed: int, size: int) -> bool:
+def _phantoms_ready(folder: Path, n: int, seed: int, size: int, style: str, real_fraction: float) -> bool:
     manifest = folder / "ground_truth" / "manifest.json"
     if not manifest.is_file():
         return False
@@ -267,7 +276,9 @@ def _phantoms_ready(folder: Path, n: int, seed: int, size: int) -> bool:
         info = json.loads(manifest.read_text())
     except ValueError:
         return False
-    return (info.get("n"), info.get("seed"), info.get("size")) == (n, seed, size)
+    wanted_real = real_fraction if info.get("real_backgrounds") else 0.0
+    return (info.get("n"), info.get("seed"), info.get("size"), info.get("style", "plain"),
+            float(info.get("real_fraction", 0.0))) == (n, seed, size, style, float(wanted_real))
 
 
 def _with_loss(config: AFLocConfig, **weights: float) -> AFLocConfig:
