@@ -11,8 +11,9 @@ a patient go to the same side) through a fixed hash: the split does not depend o
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-__all__ = ["TRAIN", "TEST", "radiograph_split"]
+__all__ = ["TRAIN", "TEST", "default_cxr_notes", "radiograph_split"]
 
 TRAIN = "train"
 TEST = "test"
@@ -22,3 +23,8 @@ def radiograph_split(patient: str) -> str:
     """``"train"`` or ``"test"`` for a patient id (about half each)."""
     digest = hashlib.sha256(f"afloc-radiograph-split:{str(patient).strip()}".encode("utf-8")).digest()
     return TRAIN if digest[0] % 2 == 0 else TEST
+
+
+def default_cxr_notes() -> Path:
+    """``../shared/data/cxr-notes`` beside the repository (it may not exist)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-notes"

@@ -25,21 +25,18 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from afloc_models.radiograph_split import TRAIN, radiograph_split
-from afloc_training.phantoms.anatomy import ZONES
-from afloc_training.phantoms.findings import _Spec, _choose_specs, _prompt
+from afloc_models.radiograph_split import TRAIN, default_cxr_notes, radiograph_split
+from afloc_training.phantoms.anatomy import ZONES, _smooth_noise
+from afloc_training.phantoms.findings import _FIELD_OF_VIEW_MM, _Spec, _choose_specs, _prompt
 from afloc_training.phantoms.generator import Finding, Phantom
 from afloc_training.phantoms.lung_fields import Lungs, find_lung_fields
 from afloc_training.phantoms.language import _write_report
 
 __all__ = ["Background", "default_background_folder", "find_backgrounds", "generate_on_radiograph"]
 
-_FIELD_OF_VIEW_MM = 400.0
-
-
 def default_background_folder() -> Path:
     """``../shared/data/cxr-notes`` beside the repository (it may not exist)."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "cxr-notes"
+    return default_cxr_notes()
 
 
 @dataclass(frozen=True)
@@ -123,11 +120,6 @@ def _point(rng: np.random.Generator, region: np.ndarray, margin: int) -> tuple[f
     return float(rows[k]), float(cols[k])
 
 
-def _mottle(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return field / max(float(field.std()), 1e-6)
-
-
 def _nodule(rng, image, lungs: Lungs, spec: _Spec, yy, xx):
     size = image.shape[0]
     lung = lungs.side(spec.side)
@@ -152,7 +144,7 @@ def _opacity(rng, image, lungs: Lungs, spec: _Spec, yy, xx):
         blob += np.exp(-((yy - cy - oy) ** 2 + (xx - cx - ox) ** 2) / (2 * s * s))
     blob /= max(float(blob.max()), 1e-6)
     strength = np.clip((blob - 0.25) / 0.45, 0.0, 1.0) * lung
-    image += rng.uniform(0.12, 0.28) * strength * (1.0 + 0.3 * np.clip(_mottle(rng, image.shape, 1.5), -2, 2) / 2)
+    image += rng.uniform(0.12, 0.28) * strength * (1.0 + 0.3 * np.clip(_smooth_noise(rng, image.shape, 1.5), -2, 2) / 2)
     return (blob > 0.45) & lung, ""
 
 
@@ -183,7 +175,7 @@ def _effusion(rng, image, lungs: Lungs, spec: _Spec, yy, xx):
         level = bottom - depth + depth * 0.5 * towards_medial**1.5
         fill = np.clip((yy - level) / (0.02 * image.shape[0]), 0.0, 1.0) * lung
         fluid = float(np.percentile(image[~(lungs.right | lungs.left) & (image > 0.05)], 70)) if image.max() > 0 else 0.7
-        image[...] = image * (1.0 - 0.85 * fill) + 0.85 * fill * (fluid + 0.03 * _mottle(rng, image.shape, 3.0))
+        image[...] = image * (1.0 - 0.85 * fill) + 0.85 * fill * (fluid + 0.03 * _smooth_noise(rng, image.shape, 3.0))
         mask |= lung & (yy > level)
     return mask, ""
 
@@ -222,7 +214,7 @@ def _edema(rng, image, lungs: Lungs, spec: _Spec, yy, xx):
         hy = top + 0.45 * (bottom - top)
         haze = np.maximum(haze, np.exp(-(((xx - hx) / sigma) ** 2 + ((yy - hy) / (1.3 * sigma)) ** 2) / 2))
     both = lungs.right | lungs.left
-    image += rng.uniform(0.12, 0.22) * haze * both * (1.0 + 0.3 * np.clip(_mottle(rng, image.shape, 1.2), -2, 2) / 2)
+    image += rng.uniform(0.12, 0.22) * haze * both * (1.0 + 0.3 * np.clip(_smooth_noise(rng, image.shape, 1.2), -2, 2) / 2)
     return (haze > 0.45) & both, ""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from afloc_training.phantoms.anatomy import _segment_distance, _smooth_noise
+
 STYLES = ("plain", "varied")
 
 
@@ -86,18 +88,12 @@ def sample_style(rng: np.random.Generator, name: str) -> Style:
     )
 
 
-def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_px, mode="reflect")
-    std = float(field.std())
-    return field / std if std > 0 else field
-
-
 def add_texture(rng: np.random.Generator, image: np.ndarray, body: np.ndarray, style: Style) -> np.ndarray:
     """Tissue texture at two scales inside the body ``[H, W]`` (nothing for ``plain``)."""
     if style.texture <= 0:
         return image
     scale = image.shape[0] / 256.0
-    texture = 0.6 * _noise(rng, image.shape, 1.5 * scale) + 0.8 * _noise(rng, image.shape, 5.0 * scale)
+    texture = 0.6 * _smooth_noise(rng, image.shape, 1.5 * scale) + 0.8 * _smooth_noise(rng, image.shape, 5.0 * scale)
     return image + style.texture * texture * body
 
 
@@ -113,7 +109,7 @@ def restyle_finding(
         change = ndimage.gaussian_filter(change, style.finding_blur * change.shape[0], mode="nearest")
     if style.finding_mottle > 0:
         scale = change.shape[0] / 256.0
-        change = change * (1.0 + style.finding_mottle * np.clip(_noise(rng, change.shape, 1.2 * scale), -2, 2) / 2)
+        change = change * (1.0 + style.finding_mottle * np.clip(_smooth_noise(rng, change.shape, 1.2 * scale), -2, 2) / 2)
     return before + style.finding_gain * change
 
 
@@ -153,9 +149,7 @@ def _curve(rng, xx, yy, a, b, width: float, weight: float) -> np.ndarray:
         if lo_x >= hi_x or lo_y >= hi_y:
             continue
         px, py = xx[lo_y:hi_y, lo_x:hi_x], yy[lo_y:hi_y, lo_x:hi_x]
-        dx, dy = x1 - x0, y1 - y0
-        t_seg = np.clip(((px - x0) * dx + (py - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
-        d = np.hypot(px - (x0 + t_seg * dx), py - (y0 + t_seg * dy))
+        d = _segment_distance(px, py, (x0, y0), (x1, y1))
         np.maximum(canvas[lo_y:hi_y, lo_x:hi_x], np.exp(-((d / width) ** 2)), out=canvas[lo_y:hi_y, lo_x:hi_x])
     return weight * canvas
 

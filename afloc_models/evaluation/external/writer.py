@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from afloc_models.errors import AFLocError, ConfigError
-from afloc_models.radiograph_split import TRAIN, radiograph_split
+from afloc_models.radiograph_split import TRAIN, default_cxr_notes, radiograph_split
 
 __all__ = ["SYNTHETIC_DIR", "REAL_DIR", "default_cxr_notes", "write_external_sets", "write_real_set",
            "write_synthetic_set", "main"]
@@ -52,9 +52,6 @@ REAL_SIDE = 512
 FORMAT_VERSION = 1
 
 
-def default_cxr_notes() -> Path:
-    """``../shared/data/cxr-notes`` beside the repository (it may not exist)."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "cxr-notes"
 
 
 def _atomic(path: Path, data: bytes) -> None:
