@@ -135,6 +135,10 @@ class DataConfig:
     #: Training drops report sentences with fewer words (the published code keeps 2 or more);
     #: a report with no sentence that long keeps its sentences.
     min_sentence_words: int = 1
+    #: Histogram-equalise each letterboxed image's content (training and inference alike;
+    #: :mod:`afloc_models.intensity`), so exposure, window and gamma no longer change the input.
+    #: Off in the published configuration; the ``small`` preset turns it on.
+    equalize: bool = False
 
     @property
     def inference_size(self) -> int:

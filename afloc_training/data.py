@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 from afloc_models.config import DataConfig
 from afloc_models.errors import AFLocError, EmptyReportError, ImageReadError
 from afloc_models.imaging import letterbox, read_image, to_grayscale
+from afloc_models.intensity import equalize_content
 from afloc_models.tokenization import ReportTokenizer, TokenizedReports
 from afloc_training.reports import parse_report
 
@@ -478,7 +479,9 @@ class PairDataset(Dataset):
 
                 gray = pixels if pixels.ndim == 2 else to_grayscale(pixels)
                 pixels = augment_radiograph(gray, variation, invert=self.data.augment_invert)
-        square, _ = letterbox(pixels, self.data.resize)
+        square, box = letterbox(pixels, self.data.resize)
+        if self.data.equalize:
+            square = equalize_content(square, box.pad_top, box.pad_left, *box.resized_shape)
         size, crop = self.data.resize, self.data.crop
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, index])

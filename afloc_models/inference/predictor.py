@@ -52,6 +52,7 @@ from afloc_models.imaging import (
     to_grayscale,
 )
 from afloc_models.inference.cache import LRUCache, array_key
+from afloc_models.intensity import equalize_content
 from afloc_models.inference.heatmap import (
     Box,
     HeatmapSettings,
@@ -365,6 +366,7 @@ class AFLocPredictor:
                 "(argument input_size, or the checkpoint's data.crop x data.infer_scale)"
             )
         self.in_channels = int(self.config.image.in_channels)
+        self.equalize = bool(self.config.data.equalize) and self.compat != "published"
         self._images: LRUCache[str, _ImageEntry] = LRUCache(cache_size)
         self._files: LRUCache[tuple, _FileEntry] = LRUCache(max(4 * cache_size, 0))
         self._texts: LRUCache[str, _TextEntry] = LRUCache(text_cache_size)
@@ -380,6 +382,7 @@ class AFLocPredictor:
             self.model_version,
             precision,
             self.compat,
+            self.equalize,
         )
 
     @classmethod
@@ -555,6 +558,8 @@ class AFLocPredictor:
             if self.in_channels == 1 and pixels.ndim == 3:
                 pixels = to_grayscale(pixels)
             square, box = letterbox(pixels, self.input_size)
+            if self.equalize:
+                square = equalize_content(square, box.pad_top, box.pad_left, *box.resized_shape)
         if self.in_channels == 3 and square.ndim == 2:
             square = np.repeat(square[:, :, None], 3, axis=2)
         key = array_key(square, box.original_shape, self._preprocessing)
