@@ -84,6 +84,10 @@ class LossConfig:
     #: Local-loss implementation: ``auto`` (fused Triton kernels on CUDA, chunked PyTorch on
     #: the CPU), ``fused`` or ``chunked``. Same numbers either way (tests/test_fused_local_loss.py).
     local_impl: str = "auto"
+    #: Each training report also gives a copy with its sides (or zones) exchanged, scored as an
+    #: extra negative for every image at all three levels (afloc_training.location_swap): a hard
+    #: negative that differs from the true report only in where the finding is. Single process.
+    swap_negatives: bool = False
 
 
 @dataclass

@@ -17,6 +17,8 @@ On CUDA the attention tiles are instead computed on chip by the Triton kernels o
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -25,7 +27,10 @@ _EPS = 1e-8
 
 
 def global_loss(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, temp3: float = 10.0
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    temp3: float = 10.0,
+    negatives: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE on cosine similarity.
 
@@ -33,15 +38,30 @@ def global_loss(
         image_emb: ``[B, D]`` global image embeddings.
         text_emb: ``[B, D]`` report embeddings; row i pairs with image i.
         temp3: scale applied to the cosine similarities.
+        negatives: optional ``(emb [B, D], valid [B] bool)``: extra texts (e.g. location-swapped
+            reports) that every image must score below its own report; only the image-to-text
+            direction sees them, and columns marked invalid are left out.
 
     Returns:
         ``(loss_i2t, loss_t2i)``: mean cross entropies, images over texts and texts over images.
     """
     if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
         raise ValueError(f"expected matching [B, D] inputs, got {tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
-    scores = temp3 * cosine_matrix(image_emb, text_emb)  # [B, B]
-    labels = torch.arange(scores.shape[0], device=scores.device)
-    return F.cross_entropy(scores, labels), F.cross_entropy(scores.t(), labels)
+    texts = text_emb if negatives is None else torch.cat([text_emb, negatives[0]], dim=0)
+    scores = temp3 * cosine_matrix(image_emb, texts)  # [B, B] or [B, 2B]
+    return _contrast(scores, None if negatives is None else negatives[1])
+
+
+def _contrast(scores: torch.Tensor, negative_valid: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross entropies of a scaled score matrix ``[B, B]`` (or ``[B, 2B]`` with extra negative
+    columns, masked by ``negative_valid`` ``[B]``): rows over all columns, columns over rows."""
+    batch = scores.shape[0]
+    labels = torch.arange(batch, device=scores.device)
+    rows = scores
+    if negative_valid is not None:
+        keep = torch.cat([torch.ones(batch, dtype=torch.bool, device=scores.device), negative_valid.to(scores.device)])
+        rows = scores.masked_fill(~keep.unsqueeze(0), float("-inf"))
+    return F.cross_entropy(rows, labels), F.cross_entropy(scores[:, :batch].t(), labels)
 
 
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,6 +79,7 @@ def local_loss(
     temp3: float = 10.0,
     chunk_size: int = 16,
     impl: str = "auto",
+    negatives: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention-based local contrastive loss over all (image, text) pairs.
 
@@ -76,13 +97,25 @@ def local_loss(
         chunk_size: image rows of ``S`` computed (and recomputed in backward) at once; 0 = all
             at once without checkpointing (chunked implementation only).
         impl: ``auto`` (fused kernels on CUDA, chunked PyTorch elsewhere), ``fused`` or ``chunked``.
+        negatives: optional ``(features [B, D, L'], lengths [B], valid [B] bool)``: extra texts
+            scored against every image in the image-to-text direction only (see
+            :func:`global_loss`).
 
     Returns:
         ``(loss_i2t, loss_t2i)``.
     """
+    valid = None
+    if negatives is not None:
+        extra, extra_lengths, valid = negatives
+        text_features, lengths = _stack_texts(text_features, extra), torch.cat([lengths, extra_lengths.to(lengths.device)])
     scores = local_score_matrix(image_features, text_features, lengths, temp1, temp2, chunk_size, impl) * temp3
-    labels = torch.arange(scores.shape[0], device=scores.device)
-    return F.cross_entropy(scores, labels), F.cross_entropy(scores.t(), labels)
+    return _contrast(scores, valid)
+
+
+def _stack_texts(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[B1, D, L1]`` and ``[B2, D, L2]`` -> ``[B1 + B2, D, max(L1, L2)]``, zero-padded."""
+    width = max(a.shape[2], b.shape[2])
+    return torch.cat([F.pad(a, (0, width - a.shape[2])), F.pad(b, (0, width - b.shape[2]))], dim=0)
 
 
 def local_score_matrix(

@@ -108,14 +108,32 @@ class AFLoc(nn.Module):
         """Loss of a batch of paired images ``[B, C, H, W]`` and reports."""
         return self.compute_loss(self.encode_image(images), self.encode_text(tokens))
 
-    def compute_loss(self, image: ImageFeatures, text: TextFeatures) -> AFLocLosses:
-        """Multilevel loss from already-encoded features (e.g. gathered across ranks)."""
+    def compute_loss(
+        self,
+        image: ImageFeatures,
+        text: TextFeatures,
+        negatives: Optional[TextFeatures] = None,
+        negative_valid: Optional[torch.Tensor] = None,
+    ) -> AFLocLosses:
+        """Multilevel loss from already-encoded features (e.g. gathered across ranks).
+
+        ``negatives`` (``[B]`` rows, e.g. location-swapped reports; ``negative_valid`` ``[B]``
+        bool marks the usable ones) are extra texts every image must score below its own report,
+        at all three levels.
+        """
         cfg = self.config.loss
         temps = dict(temp1=cfg.temp1, temp2=cfg.temp2, temp3=cfg.temp3, chunk_size=cfg.local_chunk_size,
                      impl=cfg.local_impl)
-        word_i2t, word_t2i = local_loss(image.shallow, text.words, text.n_words, **temps)
-        sent_i2t, sent_t2i = local_loss(image.deep, text.sentences, text.n_sentences, **temps)
-        glob_i2t, glob_t2i = global_loss(image.global_, text.report, temp3=cfg.temp3)
+        word_neg = sent_neg = glob_neg = None
+        if negatives is not None:
+            valid = negative_valid if negative_valid is not None else torch.ones(
+                negatives.report.shape[0], dtype=torch.bool, device=negatives.report.device)
+            word_neg = (negatives.words, negatives.n_words, valid)
+            sent_neg = (negatives.sentences, negatives.n_sentences, valid)
+            glob_neg = (negatives.report, valid)
+        word_i2t, word_t2i = local_loss(image.shallow, text.words, text.n_words, negatives=word_neg, **temps)
+        sent_i2t, sent_t2i = local_loss(image.deep, text.sentences, text.n_sentences, negatives=sent_neg, **temps)
+        glob_i2t, glob_t2i = global_loss(image.global_, text.report, temp3=cfg.temp3, negatives=glob_neg)
         word, sentence, glob = word_i2t + word_t2i, sent_i2t + sent_t2i, glob_i2t + glob_t2i
         total = cfg.weight_word * word + cfg.weight_sentence * sentence + cfg.weight_global * glob
         return AFLocLosses(total=total, word=word, sentence=sentence, global_=glob)

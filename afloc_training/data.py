@@ -50,6 +50,7 @@ from afloc_models.errors import AFLocError, EmptyReportError, ImageReadError
 from afloc_models.imaging import letterbox, read_image, to_grayscale
 from afloc_models.intensity import equalize_content
 from afloc_models.tokenization import ReportTokenizer, TokenizedReports
+from afloc_training.location_swap import swap_location
 from afloc_training.reports import parse_report
 
 logger = logging.getLogger("afloc.training")
@@ -401,6 +402,9 @@ class Sample:
     image: torch.Tensor
     sentences: tuple[str, ...]
     index: int
+    #: The report with its sides or zones exchanged (a hard negative; ``loss.swap_negatives``),
+    #: None when it names neither or negatives are off.
+    negative: Optional[tuple[str, ...]] = None
 
 
 @dataclass
@@ -426,9 +430,19 @@ class PairDataset(Dataset):
         channels: 1 (grayscale; colour becomes luma) or 3 (grayscale is repeated).
         train: random crop when True, centre crop when False.
         seed: base seed of the crops.
+        negatives: training items also carry their location-swapped report
+            (:mod:`afloc_training.location_swap`); never for validation.
     """
 
-    def __init__(self, pairs: Sequence[ImageReportPair], data: DataConfig, channels: int, train: bool, seed: int = 0):
+    def __init__(
+        self,
+        pairs: Sequence[ImageReportPair],
+        data: DataConfig,
+        channels: int,
+        train: bool,
+        seed: int = 0,
+        negatives: bool = False,
+    ):
         if data.crop > data.resize:
             raise AFLocError(f"data.crop ({data.crop}) must not exceed data.resize ({data.resize})")
         if data.std <= 0:
@@ -438,6 +452,7 @@ class PairDataset(Dataset):
         self.channels = channels
         self.train = train
         self.seed = seed
+        self.negatives = bool(negatives and train)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -454,7 +469,11 @@ class PairDataset(Dataset):
         except ImageReadError as exc:
             logger.warning("skipped unreadable image: %s", exc)
             return Skipped(index=index, path=str(pair.image), reason=exc.reason)
-        return Sample(image=self.transform(pixels, index), sentences=self.sentences(pair.sentences, index), index=index)
+        sentences = self.sentences(pair.sentences, index)
+        negative = None
+        if self.negatives:
+            negative = swap_location(sentences, np.random.default_rng([self.seed, self.epoch, index, 2]))
+        return Sample(image=self.transform(pixels, index), sentences=sentences, index=index, negative=negative)
 
     def sentences(self, sentences: tuple[str, ...], index: int) -> tuple[str, ...]:
         """The report sentences item ``index`` trains on this epoch (``data.min_sentence_words``,
@@ -511,6 +530,10 @@ class Batch:
     tokens: Optional[TokenizedReports]
     indices: torch.Tensor
     skipped: list[Skipped]
+    #: ``[B]`` bool when the batch carries location-swapped reports: ``tokens`` then holds 2B
+    #: reports, the B true ones followed by B swapped ones (a report without a swapped copy
+    #: repeats itself there and is marked False here).
+    negative_valid: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -534,11 +557,17 @@ class ReportCollate:
                 samples, tokens = self._tokenize_one_by_one(samples, skipped)
         if not samples:
             return Batch(torch.zeros(self.empty_shape), None, torch.zeros(0, dtype=torch.long), skipped)
+        negative_valid = None
+        if any(s.negative is not None for s in samples):
+            # Swapping words keeps every word the tokenizer knew, so these tokenize too.
+            tokens = self.tokenizer([list(s.sentences) for s in samples] + [list(s.negative or s.sentences) for s in samples])
+            negative_valid = torch.tensor([s.negative is not None for s in samples], dtype=torch.bool)
         return Batch(
             images=torch.stack([s.image for s in samples]),
             tokens=tokens,
             indices=torch.tensor([s.index for s in samples], dtype=torch.long),
             skipped=skipped,
+            negative_valid=negative_valid,
         )
 
     def _tokenize_one_by_one(self, samples: list[Sample], skipped: list[Skipped]):

@@ -445,7 +445,14 @@ class _Run:
         self._plan_batches(len(train_pairs))
 
         channels = self.config.image.in_channels
-        self.train_set = PairDataset(train_pairs, self.config.data, channels, train=True, seed=self.seed)
+        negatives = bool(self.config.loss.swap_negatives)
+        if negatives and ctx.is_distributed:
+            raise ConfigError(
+                "loss.swap_negatives works in a single process only for now; turn it off for multi-process training"
+            )
+        self.train_set = PairDataset(
+            train_pairs, self.config.data, channels, train=True, seed=self.seed, negatives=negatives
+        )
         self.val_set = PairDataset(val_pairs, self.config.data, channels, train=False, seed=self.seed)
         self.collate = ReportCollate(model.tokenizer, channels, self.config.data.crop)
         self.sampler = _ResumableSampler(self.train_set, ctx.world_size, ctx.rank, self.seed)
@@ -778,8 +785,12 @@ class _Run:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             image, text = self.encoders(images, tokens)
         image, text = _to_float(image), _to_float(text)
+        negatives = None
+        if batch.negative_valid is not None:
+            # The collate put the B swapped reports after the B true ones.
+            text, negatives = _split_rows(text, images.shape[0])
         image, text = D.gather_features(self.ctx, image, text)
-        losses = self.model.compute_loss(image, text)
+        losses = self.model.compute_loss(image, text, negatives, batch.negative_valid)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
                 self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler,
@@ -960,6 +971,13 @@ class _Run:
                 self.writer.flush()
         self.saved_step = self.step
         D.barrier(self.ctx)
+
+
+def _split_rows(text: TextFeatures, rows: int) -> tuple[TextFeatures, TextFeatures]:
+    """Text features of 2B reports -> the first ``rows`` and the rest."""
+    head = {f.name: getattr(text, f.name)[:rows] for f in dataclasses.fields(text)}
+    tail = {f.name: getattr(text, f.name)[rows:] for f in dataclasses.fields(text)}
+    return TextFeatures(**head), TextFeatures(**tail)
 
 
 def _to_float(features):
