@@ -105,6 +105,10 @@ class OptimConfig:
     step_gamma: float = 0.9  #: learning-rate factor per epoch of the ``step`` schedule
     #: Learning-rate multiplier for the text encoder's pretrained body (projections use ``lr``).
     text_lr_scale: float = 1.0
+    #: The encoders' precision when training on a CPU (a GPU always uses bf16 autocast): ``fp32``,
+    #: ``bf16`` (autocast), or ``auto`` (bf16 only where oneDNN has native bf16 kernels, e.g.
+    #: AVX512-BF16 or AMX; emulated bf16 would be slower than fp32). The losses stay fp32.
+    cpu_precision: str = "fp32"
 
 
 @dataclass
@@ -222,6 +226,8 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
     if config.data.min_sentence_words < 1:
         raise ConfigError(f"data.min_sentence_words must be at least 1, got {config.data.min_sentence_words}")
+    if config.optim.cpu_precision not in ("fp32", "bf16", "auto"):
+        raise ConfigError(f"optim.cpu_precision must be one of fp32, bf16, auto, got {config.optim.cpu_precision!r}")
     if not 0.0 < config.optim.step_gamma <= 1.0:
         raise ConfigError(f"optim.step_gamma must be in (0, 1], got {config.optim.step_gamma}")
     return config
@@ -268,7 +274,8 @@ def preset(name: str) -> AFLocConfig:
             # A frozen text body (its token embeddings cached by the trainer) buys ~40% more
             # steps on a CPU; crops of 128 from a 176 letterbox; heatmaps read at 256 (32x32 grid).
             optim=OptimConfig(
-                lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.0
+                lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.0,
+                cpu_precision="auto",
             ),
             data=DataConfig(resize=176, crop=128, num_workers=1, infer_scale=2.0),
         )

@@ -2,8 +2,9 @@
 
 :func:`train` runs the loop: Adam (``optim.betas``) with a warm-up + cosine schedule or the
 published per-epoch step schedule (``optim.scheduler: step``), a smaller learning rate for the
-pretrained text body, gradient clipping, bf16 autocast on GPU (fp32 on CPU, where it is
-bit-for-bit reproducible given the seed), a validation loss after every epoch, TensorBoard
+pretrained text body, gradient clipping, bf16 autocast on GPU (on CPU fp32 unless
+``optim.cpu_precision`` says otherwise; either way bit-for-bit reproducible on one machine given the
+seed), a validation loss after every epoch, TensorBoard
 scalars and a tqdm progress bar.
 
 The output folder is an ordinary checkpoint (``AFLoc.from_pretrained(out)`` loads it at any time)
@@ -253,6 +254,28 @@ class _Encoders(nn.Module):
         return self.model.encode_image(images), self.model.encode_text(tokens)
 
 
+CPU_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def uses_bf16(device: torch.device, cpu_precision: str) -> bool:
+    """Whether the encoders run under bf16 autocast: always on CUDA; on a CPU per ``optim.cpu_precision``."""
+    if cpu_precision not in CPU_PRECISIONS:
+        raise ConfigError(f"optim.cpu_precision must be one of {', '.join(CPU_PRECISIONS)}, got {cpu_precision!r}")
+    if device.type == "cuda":
+        return True
+    if cpu_precision == "auto":
+        return native_cpu_bf16()
+    return cpu_precision == "bf16"
+
+
+def native_cpu_bf16() -> bool:
+    """True when oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without the check: assume emulation
+        return False
+
+
 def _defers_stats(device: torch.device) -> bool:
     """Whether a step keeps its statistics on the device (no host sync): on CUDA."""
     return device.type == "cuda"
@@ -477,14 +500,15 @@ class _Run:
                 self.encoders, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
                 gradient_as_bucket_view=True,
             )
+        self.bf16 = uses_bf16(ctx.device, self.config.optim.cpu_precision)
         if ctx.is_main:
             self._open_writer(log_dir)
             logger.info("%s", self.pairs.summary())
             logger.info(
-                "training %d pairs (validation %d) on %d process(es), %s: batch %d, %d steps/epoch, "
+                "training %d pairs (validation %d) on %d process(es), %s (%s): batch %d, %d steps/epoch, "
                 "%d epochs, %d steps planned",
-                len(train_pairs), len(val_pairs), ctx.world_size, ctx.device, self.global_batch,
-                self.steps_per_epoch, self.epochs_target, self.total_steps,
+                len(train_pairs), len(val_pairs), ctx.world_size, ctx.device, "bf16 autocast" if self.bf16 else "fp32",
+                self.global_batch, self.steps_per_epoch, self.epochs_target, self.total_steps,
             )
 
     def describe_data(self, given: Optional[str]) -> str:
@@ -782,7 +806,7 @@ class _Run:
         device = self.ctx.device
         images = batch.images.to(device, non_blocking=True)
         tokens = batch.tokens.to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16):
             image, text = self.encoders(images, tokens)
         image, text = _to_float(image), _to_float(text)
         negatives = None
@@ -909,7 +933,7 @@ class _Run:
             for batch in loader:
                 if len(batch) < 2:
                     continue
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     image = self.model.encode_image(batch.images.to(device))
                     text = self.model.encode_text(batch.tokens.to(device))
                 losses = self.model.compute_loss(_to_float(image), _to_float(text)).as_floats()

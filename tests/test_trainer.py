@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -366,3 +367,29 @@ def test_trained_on_names_phantoms_and_mixed_datastores(tmp_path):
                     source="https://reader:s3cret@pacs.example:8443/dicom-web?token=abc#x", kind="dicomweb")
     # Checkpoints and /info never carry the PACS credentials or query.
     assert describe_training_data(pacs) == "DICOMweb PACS 'https://pacs.example:8443/dicom-web' (1 image-report pairs)"
+
+
+def test_cpu_precision_modes(tmp_path):
+    """``optim.cpu_precision``: fp32, bf16 (autocast), auto (follows the CPU); bad values are refused."""
+    from afloc_models.config import load_config, preset
+    from afloc_training.trainer import native_cpu_bf16, uses_bf16
+
+    cpu = torch.device("cpu")
+    assert uses_bf16(cpu, "fp32") is False and uses_bf16(cpu, "bf16") is True
+    assert uses_bf16(cpu, "auto") is native_cpu_bf16()
+    assert preset("small").optim.cpu_precision == "auto" and preset("publication").optim.cpu_precision == "fp32"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: small\noptim: {cpu_precision: fast}\n")
+    with pytest.raises(ConfigError, match="cpu_precision"):
+        load_config(bad)
+
+
+def test_cpu_precision_training_runs_and_differs_from_fp32(workspace, tmp_path):
+    losses = {}
+    for mode in ("fp32", "bf16"):
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(TINY.format(text_lr_scale=0.0).replace("text_lr_scale: 0.0}", f"text_lr_scale: 0.0, cpu_precision: {mode}}}"))
+        result = train(workspace / "data", tmp_path / mode, config=path, epochs=1, seed=0, save_every=0, progress=False)
+        losses[mode] = result.history[0]["train_loss"]
+        assert math.isfinite(losses[mode])
+    assert losses["bf16"] != losses["fp32"]  # the autocast really ran
