@@ -35,3 +35,16 @@ def test_text_loop_local_loss_equals_vectorised():
     lengths = torch.tensor([5, 2, 4])
     for a, b in zip(local_loss(img, txt, lengths, chunk_size=2), local_loss_text_loop(img, txt, lengths)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_cpu_precision_benchmark_times_both_precisions(tmp_path, capsys):
+    """A tiny run of benchmarks/cpu_precision.py: both precisions timed, JSON written."""
+    import json
+
+    from benchmarks.cpu_precision import main
+
+    out = tmp_path / "cpu.json"
+    assert main(["--batch", "4", "--size", "64", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["step"]) == {"fp32", "bf16"} and result["step"]["bf16"]["n"] == 1
+    assert result["fp32_over_bf16"] > 0 and isinstance(result["machine"]["native_bf16"], bool)
