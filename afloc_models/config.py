@@ -274,8 +274,7 @@ def preset(name: str) -> AFLocConfig:
             # A frozen text body (its token embeddings cached by the trainer) buys ~40% more
             # steps on a CPU; crops of 128 from a 176 letterbox; heatmaps read at 256 (32x32 grid).
             optim=OptimConfig(
-                lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.0,
-                cpu_precision="auto",
+                lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.0
             ),
             data=DataConfig(resize=176, crop=128, num_workers=1, infer_scale=2.0),
         )

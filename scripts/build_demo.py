@@ -58,9 +58,8 @@ TRAIN_PHANTOM_SIZE = 256
 TRAIN_CONFIG = "small"
 TRAIN_MAX_STEPS = 320
 #: Upper bound on the first start's wait. The step count makes the run reproducible (about 1.5 s
-#: a step on an idle 2-core CPU with the frozen text body of ``small`` in fp32: 8 minutes; on a CPU
-#: with native bf16, where ``small`` trains under bf16 autocast, about 0.85 s a step was measured on
-#: the recipe); on a busy machine the bound can end it earlier, and then it is not bit-reproducible.
+#: a step on an idle 2-core CPU with the frozen text body of ``small``: 8 minutes); on a busy
+#: machine the bound can end it earlier, and then it is not bit-reproducible.
 TRAIN_MAX_MINUTES = 15.0
 TRAIN_SEED = 0
 #: What the demo model says it was trained on (checkpoint meta.json ``trained_on``; the server's

@@ -377,7 +377,8 @@ def test_cpu_precision_modes(tmp_path):
     cpu = torch.device("cpu")
     assert uses_bf16(cpu, "fp32") is False and uses_bf16(cpu, "bf16") is True
     assert uses_bf16(cpu, "auto") is native_cpu_bf16()
-    assert preset("small").optim.cpu_precision == "auto" and preset("publication").optim.cpu_precision == "fp32"
+    # Opt-in: bf16 was 1.5x faster per step but not better on the external sets (docs/training.md).
+    assert preset("small").optim.cpu_precision == "fp32" and preset("publication").optim.cpu_precision == "fp32"
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: small\noptim: {cpu_precision: fast}\n")
     with pytest.raises(ConfigError, match="cpu_precision"):
