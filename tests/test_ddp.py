@@ -153,5 +153,26 @@ def test_torchrun_two_processes_train_and_write_a_checkpoint(tmp_path):
     assert model.meta["training"]["images_seen"] == 12
 
 
+@pytest.mark.slow
+def test_torchrun_refuses_location_swapped_negatives_with_a_clear_error(tmp_path):
+    from afloc_training.phantoms import write_phantom_datastore
+
+    write_phantom_datastore(tmp_path / "data", 12, seed=0, size=64)
+    config = tmp_path / "swap.yaml"
+    config.write_text(
+        "base: small\nembed_dim: 32\noptim: {batch_size: 4, warmup_steps: 1, text_lr_scale: 0.0}\n"
+        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\nloss: {swap_negatives: true}\n"
+    )
+    result = _torchrun(
+        "-m", "afloc_training.cli", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"),
+        "--config", str(config), "--max-steps", "2", "--no-progress",
+    )
+    assert result.returncode != 0
+    # Each worker exits with one line naming the setting (torchrun then reports the failed child
+    # with its own launcher traceback, which is not ours).
+    assert "afloc-train: error: loss.swap_negatives works in a single process only" in result.stderr
+    assert "afloc_training/" not in result.stderr
+
+
 if __name__ == "__main__":
     _gradient_worker(Path(sys.argv[1]))
