@@ -814,7 +814,10 @@ class _Run:
             # The collate put the B swapped reports after the B true ones.
             text, negatives = _split_rows(text, images.shape[0])
         image, text = D.gather_features(self.ctx, image, text)
-        losses = self.model.compute_loss(image, text, negatives, batch.negative_valid)
+        if negatives is None:
+            losses = self.model.compute_loss(image, text)
+        else:
+            losses = self.model.compute_loss(image, text, negatives, batch.negative_valid)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
                 self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler,
