@@ -130,22 +130,28 @@ def test_two_process_gradient_equals_one_process_full_batch(tmp_path):
     assert max(error(local[n], n) / (float(ref[n].abs().max()) + 1e-12) for n in local) > 0.05
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_train_and_write_a_checkpoint(tmp_path):
-    from afloc_models.model import AFLoc
+def _torchrun_tiny_training(tmp_path: Path, steps: int, extra_config: str = "", *options: str):
+    """``afloc-train`` under torchrun (2 processes) on 12 tiny phantoms with a tiny ``small`` config."""
     from afloc_training.phantoms import write_phantom_datastore
 
     write_phantom_datastore(tmp_path / "data", 12, seed=0, size=64)
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "base: small\nembed_dim: 32\noptim: {batch_size: 4, warmup_steps: 1, text_lr_scale: 0.0}\n"
-        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n"
+        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n" + extra_config
     )
+    return _torchrun(
+        "-m", "afloc_training.cli", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"),
+        "--config", str(config), "--max-steps", str(steps), "--no-progress", *options,
+    )
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_write_a_checkpoint(tmp_path):
+    from afloc_models.model import AFLoc
+
     out = tmp_path / "ckpt"
-    result = _torchrun(
-        "-m", "afloc_training.cli", "--data", str(tmp_path / "data"), "--out", str(out), "--config", str(config),
-        "--max-steps", "3", "--no-progress", "--log-dir", str(tmp_path / "tb"),
-    )
+    result = _torchrun_tiny_training(tmp_path, 3, "", "--log-dir", str(tmp_path / "tb"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "completed after 3 steps" in result.stdout
     model = AFLoc.from_pretrained(out)
@@ -155,18 +161,7 @@ def test_torchrun_two_processes_train_and_write_a_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_refuses_location_swapped_negatives_with_a_clear_error(tmp_path):
-    from afloc_training.phantoms import write_phantom_datastore
-
-    write_phantom_datastore(tmp_path / "data", 12, seed=0, size=64)
-    config = tmp_path / "swap.yaml"
-    config.write_text(
-        "base: small\nembed_dim: 32\noptim: {batch_size: 4, warmup_steps: 1, text_lr_scale: 0.0}\n"
-        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\nloss: {swap_negatives: true}\n"
-    )
-    result = _torchrun(
-        "-m", "afloc_training.cli", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"),
-        "--config", str(config), "--max-steps", "2", "--no-progress",
-    )
+    result = _torchrun_tiny_training(tmp_path, 2, "loss: {swap_negatives: true}\n")
     assert result.returncode != 0
     # Each worker exits with one line naming the setting (torchrun then reports the failed child
     # with its own launcher traceback, which is not ours).
