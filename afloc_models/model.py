@@ -123,7 +123,7 @@ class AFLoc(nn.Module):
         """
         cfg = self.config.loss
         temps = dict(temp1=cfg.temp1, temp2=cfg.temp2, temp3=cfg.temp3, chunk_size=cfg.local_chunk_size,
-                     impl=cfg.local_impl)
+                     impl=cfg.local_impl, attention=cfg.local_attention)
         word_neg = sent_neg = glob_neg = None
         if negatives is not None:
             valid = negative_valid if negative_valid is not None else torch.ones(
@@ -131,10 +131,16 @@ class AFLoc(nn.Module):
             word_neg = (negatives.words, negatives.n_words, valid)
             sent_neg = (negatives.sentences, negatives.n_sentences, valid)
             glob_neg = (negatives.report, valid)
-        word_i2t, word_t2i = local_loss(image.shallow, text.words, text.n_words, negatives=word_neg, **temps)
-        sent_i2t, sent_t2i = local_loss(image.deep, text.sentences, text.n_sentences, negatives=sent_neg, **temps)
-        glob_i2t, glob_t2i = global_loss(image.global_, text.report, temp3=cfg.temp3, negatives=glob_neg)
-        word, sentence, glob = word_i2t + word_t2i, sent_i2t + sent_t2i, glob_i2t + glob_t2i
+        # A level weighted 0 is not computed at all (it reads 0): the word level is the costliest
+        # term on a CPU, and an ablation or a config without it should not pay for it.
+        zero = image.global_.new_zeros(())
+        word = sentence = glob = zero
+        if cfg.weight_word:
+            word = sum(local_loss(image.shallow, text.words, text.n_words, negatives=word_neg, **temps))
+        if cfg.weight_sentence:
+            sentence = sum(local_loss(image.deep, text.sentences, text.n_sentences, negatives=sent_neg, **temps))
+        if cfg.weight_global:
+            glob = sum(global_loss(image.global_, text.report, temp3=cfg.temp3, negatives=glob_neg))
         total = cfg.weight_word * word + cfg.weight_sentence * sentence + cfg.weight_global * glob
         return AFLocLosses(total=total, word=word, sentence=sentence, global_=glob)
 

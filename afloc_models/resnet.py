@@ -76,19 +76,28 @@ class ResNet(nn.Module):
         block: :class:`BasicBlock` or :class:`Bottleneck`.
         layers: blocks per stage.
         in_channels: channels of the input image.
+        base_width: planes of the stem and the first stage (64 as published); stages 2-4 double
+            it each time, so 32 gives a network of a quarter of the compute.
     """
 
-    def __init__(self, block: type[Union[BasicBlock, Bottleneck]], layers: tuple[int, int, int, int], in_channels: int = 3):
+    def __init__(
+        self,
+        block: type[Union[BasicBlock, Bottleneck]],
+        layers: tuple[int, int, int, int],
+        in_channels: int = 3,
+        base_width: int = 64,
+    ):
         super().__init__()
-        self._inp = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        w = int(base_width)
+        self._inp = w
+        self.conv1 = nn.Conv2d(in_channels, w, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._stage(block, 64, layers[0], stride=1)
-        self.layer2 = self._stage(block, 128, layers[1], stride=2)
-        self.layer3 = self._stage(block, 256, layers[2], stride=2)
-        self.layer4 = self._stage(block, 512, layers[3], stride=2)
+        self.layer1 = self._stage(block, w, layers[0], stride=1)
+        self.layer2 = self._stage(block, 2 * w, layers[1], stride=2)
+        self.layer3 = self._stage(block, 4 * w, layers[2], stride=2)
+        self.layer4 = self._stage(block, 8 * w, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -109,15 +118,15 @@ class ResNet(nn.Module):
         return nn.Sequential(*stage)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> stage-1 input ``[B, 64, H/4, W/4]``."""
+        """``[B, C, H, W]`` -> stage-1 input ``[B, base_width, H/4, W/4]``."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
-def resnet18(in_channels: int = 3) -> ResNet:
-    """ResNet-18: basic blocks, (2, 2, 2, 2) per stage, 512 output channels."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels)
+def resnet18(in_channels: int = 3, base_width: int = 64) -> ResNet:
+    """ResNet-18: basic blocks, (2, 2, 2, 2) per stage, ``8 * base_width`` (512) output channels."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, base_width)
 
 
-def resnet50(in_channels: int = 3) -> ResNet:
-    """ResNet-50: bottleneck blocks, (3, 4, 6, 3) per stage, 2048 output channels."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels)
+def resnet50(in_channels: int = 3, base_width: int = 64) -> ResNet:
+    """ResNet-50: bottleneck blocks, (3, 4, 6, 3) per stage, ``32 * base_width`` (2048) output channels."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, base_width)

@@ -379,7 +379,10 @@ def _architecture(config: AFLocConfig) -> dict[str, Any]:
 
 
 def freeze_unused(model: AFLoc) -> None:
-    """Freeze parameters that never reach the loss (BERT's pooler).
+    """Freeze parameters that never reach the loss: BERT's pooler, and the image heads of loss
+    levels weighted 0 (``compute_loss`` skips those levels): the shallow head without the word
+    level, the deep head without the sentence level, stage 4 and the global head without the
+    global level.
 
     DistributedDataParallel then need not search the graph for unused parameters every step,
     and no gradient bucket waits forever for them.
@@ -387,6 +390,16 @@ def freeze_unused(model: AFLoc) -> None:
     pooler = getattr(model.text_encoder.model, "pooler", None)
     if pooler is not None:
         pooler.requires_grad_(False)
+    loss, image, text = model.config.loss, model.image_encoder, model.text_encoder
+    heads = (  # (level weight, the modules only that level reads)
+        (loss.weight_word, (image.local2_embedder, text.word_proj)),
+        (loss.weight_sentence, (image.local_embedder, text.sentence_proj)),
+        (loss.weight_global, (image.global_embedder, image.backbone.layer4, text.report_proj)),
+    )
+    for weight, modules in heads:
+        if weight == 0:
+            for module in modules:
+                module.requires_grad_(False)
 
 
 def _checkpoint_exists(folder: Path) -> bool:

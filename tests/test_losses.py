@@ -105,3 +105,35 @@ def test_aligned_pairs_have_lower_loss_than_misaligned():
     assert aligned < shuffled
     scores = local_score_matrix(img, txt, lengths)
     assert bool((scores.diag() >= scores.max(dim=1).values - 1e-6).all())
+
+
+def test_region_attention_finds_the_region_a_single_prompt_points_at():
+    # One prompt (a one-sentence text) and an image whose region 5 carries that sentence's
+    # vector: attention over regions by the inner product pools region 5 and scores high;
+    # the published words-first attention has a single word to normalise over, so it weighs
+    # every region alike and scores the mean region.
+    torch.manual_seed(0)
+    d, n = 32, 16
+    text = F.normalize(torch.randn(1, d, 1), dim=1)
+    regions = 0.1 * torch.randn(1, d, n)
+    regions[0, :, 5] = 20.0 * text[0, :, 0]
+    image = regions.view(1, d, 4, 4)
+    lengths = torch.tensor([1])
+    by_regions = local_score_matrix(image, text, lengths, chunk_size=0, attention="regions")
+    words_first = local_score_matrix(image, text, lengths, chunk_size=0, attention="words_first")
+    temp2 = 5.0  # a one-word text scores temp2 x cosine(context, word)
+    assert float(by_regions) / temp2 > 0.99
+    pooled = regions.mean(dim=2)
+    expected = temp2 * F.cosine_similarity(pooled, text[:, :, 0])
+    torch.testing.assert_close(words_first.view(1), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_region_attention_chunks_agree_and_unknown_attention_is_refused(chunk):
+    torch.manual_seed(1)
+    image, text, lengths = torch.randn(4, 8, 3, 3), torch.randn(4, 8, 5), torch.tensor([5, 3, 2, 1])
+    whole = local_score_matrix(image, text, lengths, chunk_size=0, attention="regions")
+    torch.testing.assert_close(local_score_matrix(image, text, lengths, chunk_size=chunk, attention="regions"), whole)
+    assert not torch.allclose(whole, local_score_matrix(image, text, lengths, chunk_size=0))
+    with pytest.raises(ValueError, match="attention"):
+        local_score_matrix(image, text, lengths, attention="sideways")

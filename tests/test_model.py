@@ -55,6 +55,29 @@ def test_deep_stride_8_doubles_the_deep_grid_with_the_same_weights(arch):
         ImageEncoder(ImageEncoderConfig(arch=arch, deep_stride=4), embed_dim=16)
 
 
+@pytest.mark.parametrize("width", [32, 48])
+def test_base_width_scales_every_stage_and_round_trips(width, tmp_path):
+    cfg = preset("small")
+    cfg.image.base_width = width
+    enc = ImageEncoder(cfg.image, embed_dim=16).eval()
+    assert enc.backbone.conv1.out_channels == width
+    assert enc.local2_embedder.in_channels == 2 * width  # stage 2
+    assert enc.local_embedder.in_channels == 4 * width  # stage 3
+    assert enc.global_embedder.in_features == 8 * width  # stage 4
+    with torch.no_grad():
+        feats = enc(torch.randn(2, 1, 128, 128))
+    assert feats.shallow.shape == feats.deep.shape == (2, 16, 16, 16) and feats.global_.shape == (2, 16)
+    full = sum(p.numel() for p in ImageEncoder(preset("small").image, embed_dim=16).backbone.parameters())
+    narrow = sum(p.numel() for p in enc.backbone.parameters())
+    assert narrow < full * (width / 64) ** 2 * 1.05  # convolutions shrink with the square of the width
+    model = AFLoc(cfg)
+    again = AFLoc.from_pretrained(model.save_pretrained(tmp_path / "ckpt"))
+    assert again.config.image.base_width == width
+    assert again.image_encoder.backbone.conv1.out_channels == width
+    with pytest.raises(ConfigError, match="base_width"):
+        ImageEncoder(ImageEncoderConfig(base_width=4), embed_dim=16)
+
+
 def test_image_encoder_key_names_match_torchvision():
     import torchvision
 
@@ -154,6 +177,27 @@ def test_gradients_reach_both_encoders(small_model):
     for head in ("local2_embedder", "local_embedder", "global_embedder"):
         assert getattr(small_model.image_encoder, head).weight.grad.abs().sum() > 0
     small_model.zero_grad()
+
+
+def test_a_level_weighted_zero_is_not_computed():
+    cfg = preset("small")
+    cfg.loss.weight_word = 0.0
+    torch.manual_seed(0)
+    model = AFLoc(cfg)
+    full = AFLoc("small")
+    full.load_state_dict(model.state_dict())
+    tok = model.tokenize([["left lower opacity"], ["no pneumothorax", "heart is enlarged"], ["normal"]])
+    images = torch.randn(3, 1, 64, 64)
+    losses = model(images, tok)
+    losses.total.backward()
+    assert float(losses.word) == 0.0
+    torch.testing.assert_close(losses.total, losses.sentence + losses.global_)
+    # the shallow head feeds only the word level: no graph reaches it
+    assert model.image_encoder.local2_embedder.weight.grad is None
+    assert model.image_encoder.local_embedder.weight.grad.abs().sum() > 0
+    reference = full(images, tok)  # same weights, all levels: the other two levels are unchanged
+    torch.testing.assert_close(reference.sentence, losses.sentence)
+    torch.testing.assert_close(reference.global_, losses.global_)
 
 
 def test_checkpoint_round_trip_is_bit_exact(small_model, tmp_path):
@@ -268,3 +312,13 @@ def test_config_yaml_round_trip_and_validation(tmp_path):
     with pytest.raises(ConfigError, match="optim.lr' must be a number"):
         load_config(tmp_path / "type.yaml")
     assert json.loads(json.dumps(cfg.to_dict()))["name"] == "small"
+
+
+def test_local_attention_is_a_validated_config_choice(tmp_path):
+    path = tmp_path / "regions.yaml"
+    path.write_text("base: small\nloss: {local_attention: regions}\n")
+    assert load_config(str(path)).loss.local_attention == "regions"
+    assert preset("small").loss.local_attention == preset("publication").loss.local_attention == "words_first"
+    path.write_text("base: small\nloss: {local_attention: sideways}\n")
+    with pytest.raises(ConfigError, match="local_attention"):
+        load_config(str(path))

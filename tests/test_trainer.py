@@ -394,3 +394,29 @@ def test_cpu_precision_training_runs_and_differs_from_fp32(workspace, tmp_path):
         losses[mode] = result.history[0]["train_loss"]
         assert math.isfinite(losses[mode])
     assert losses["bf16"] != losses["fp32"]  # the autocast really ran
+
+
+@pytest.mark.parametrize("zeroed", ["weight_word", "weight_sentence", "weight_global"])
+def test_heads_of_a_zero_weighted_level_are_frozen_and_every_trainable_parameter_gets_a_gradient(zeroed):
+    # What DistributedDataParallel needs: no trainable parameter left out of the graph.
+    from afloc_models.config import preset
+    from afloc_training.trainer import freeze_unused
+
+    config = preset("small")
+    config.embed_dim = 32
+    setattr(config.loss, zeroed, 0.0)
+    torch.manual_seed(0)
+    model = AFLoc(config)
+    model.text_encoder.model.requires_grad_(False)  # the small preset's frozen body
+    freeze_unused(model)
+    tokens = model.tokenize([["left lower opacity"], ["no pneumothorax", "heart is enlarged"]])
+    model(torch.randn(2, 1, 64, 64), tokens).total.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    frozen = {n.split(".")[1] for n, p in model.named_parameters() if not p.requires_grad and not n.startswith("text_encoder.model")}
+    expected = {
+        "weight_word": {"local2_embedder", "word_proj"},
+        "weight_sentence": {"local_embedder", "sentence_proj"},
+        "weight_global": {"global_embedder", "backbone", "report_proj"},
+    }[zeroed]
+    assert frozen == expected
