@@ -142,6 +142,20 @@ def test_rgb_input_with_a_three_channel_checkpoint():
     assert gray_model.localize(rgb, "exudate")[0].heatmap.shape == (64, 100)
 
 
+def test_word_levels_of_a_checkpoint_trained_without_the_word_loss_are_refused():
+    config = preset("small")
+    config.loss.weight_word = 0.0
+    torch.manual_seed(0)
+    no_words = AFLocPredictor(AFLoc(config), device="cpu")
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    assert no_words.localize(image, "left pleural effusion")[0].heatmap.shape == (64, 64)  # deep: fine
+    for level in ("shallow", "fused"):
+        with pytest.raises(ConfigError, match="weight_word is 0"):
+            no_words.localize(image, "left pleural effusion", level=level)
+        with pytest.raises(ConfigError, match="use level 'deep'"):
+            no_words.square_heatmaps(image, "left pleural effusion", level=level)
+
+
 def test_inference_size_follows_infer_scale_and_can_be_overridden(checkpoint):
     default = AFLocPredictor.load(checkpoint, device="cpu")
     config = default.config.data

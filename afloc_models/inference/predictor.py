@@ -446,7 +446,7 @@ class AFLocPredictor:
         """
         parsed = _prompt_list(prompts)
         threshold = check_threshold(self.settings.threshold if threshold is None else threshold)
-        level = check_level(level or self.settings.level)
+        level = self._trained_level(level or self.settings.level)
         if isinstance(images, (str, Path, np.ndarray, LoadedImage)):
             raise TypeError("localize_batch takes a sequence of images; use localize for one image")
         entries = self._encode_images(list(images))
@@ -485,11 +485,21 @@ class AFLocPredictor:
             ``(maps, letterbox)``: the maps and where the image sits in the square.
         """
         parsed = _prompt_list(prompts)
-        level = check_level(level or self.settings.level)
+        level = self._trained_level(level or self.settings.level)
         (entry,) = self._encode_images([image])
         texts = self._encode_texts([p.mapped for p in parsed])
         deep_maps, shallow_maps = self._similarity_maps(entry, [texts[p.mapped] for p in parsed], level)
         return square_heatmaps(entry.box, self.settings, deep_maps, shallow_maps, level=level), entry.box
+
+    def _trained_level(self, level: str) -> str:
+        """``level`` if this checkpoint trained the features it reads, else a ConfigError."""
+        level = check_level(level)
+        if level != "deep" and self.config.loss.weight_word == 0:
+            raise ConfigError(
+                f"heatmap level '{level}' reads the word-level features, which this checkpoint never "
+                "trained (its loss.weight_word is 0); use level 'deep'"
+            )
+        return level
 
     @property
     def encoder_counts(self) -> EncoderCounts:
