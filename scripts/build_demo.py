@@ -52,14 +52,15 @@ DEMO_PHANTOM_SIZE = 512
 #: (0001 lobar pneumonia, 0075 normal, 0086 lipoid pneumonia), all PA views.
 REAL_IMAGE_IDS = ("cxr_0001", "cxr_0075", "cxr_0086", "cxr_0114", "cxr_0115", "cxr_0119")
 #: Training set and schedule of the demo checkpoint.
-TRAIN_PHANTOMS = 1500
+TRAIN_PHANTOMS = 2000
 TRAIN_PHANTOM_SEED = 1
 TRAIN_PHANTOM_SIZE = 256
 TRAIN_CONFIG = "small"
-TRAIN_MAX_STEPS = 320
-#: Upper bound on the first start's wait. The step count makes the run reproducible (about 1.5 s
-#: a step on an idle 2-core CPU with the frozen text body of ``small``: 8 minutes); on a busy
-#: machine the bound can end it earlier, and then it is not bit-reproducible.
+TRAIN_MAX_STEPS = 2000
+#: Upper bound on the first start's wait. The step count makes the run reproducible (about
+#: 0.24 s a step of ``small`` on this project's idle 2-core AMD EPYC with native bf16: 8 minutes;
+#: roughly twice that per step in fp32 on a CPU without bf16); on a busy or slower machine the
+#: bound ends it earlier (the schedule then ends at the bound), and then it is not bit-reproducible.
 TRAIN_MAX_MINUTES = 15.0
 TRAIN_SEED = 0
 #: What the demo model says it was trained on (checkpoint meta.json ``trained_on``; the server's
