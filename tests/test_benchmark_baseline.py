@@ -17,7 +17,8 @@ from afloc_models.losses import local_loss
 
 def test_published_way_equals_ours():
     torch.manual_seed(0)
-    model = AFLoc(AFLocConfig.from_dict({"compat": "published"}, base=preset("small"))).eval()
+    published = {"compat": "published", "loss": {"weight_word": 1.0, "local_attention": "words_first"}}
+    model = AFLoc(AFLocConfig.from_dict(published, base=preset("small"))).eval()
     tokens = model.tokenize(make_reports(4, seed=1))
     assert (tokens.word_sentence == -2).any()  # periods between sentences are words
     images = torch.randn(4, 1, 64, 64)

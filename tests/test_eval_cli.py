@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from afloc_models.config import preset
 from afloc_models.evaluation.cli import evaluate, main, score_case, summarize
 from afloc_models.evaluation.ground_truth import GroundTruthCase
 from afloc_models.evaluation.report import markdown_report, overlay, to_jsonable
@@ -23,7 +24,9 @@ from afloc_training.phantoms import write_phantom_datastore
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return AFLoc("small").save_pretrained(tmp_path_factory.mktemp("ckpt") / "small", meta={"version": "eval-test"})
+    config = preset("small")
+    config.loss.weight_word = 1.0  # a checkpoint with every heatmap level (the fused option is tested)
+    return AFLoc(config).save_pretrained(tmp_path_factory.mktemp("ckpt") / "small", meta={"version": "eval-test"})
 
 
 @pytest.fixture(scope="module")
