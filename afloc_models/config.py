@@ -99,7 +99,8 @@ class LossConfig:
     swap_negatives: bool = False
     #: How words and sentences attend over regions in the local losses: ``words_first`` (as
     #: published) or ``regions`` (one softmax over regions of the inner product, the quantity
-    #: the heatmap reads; :data:`afloc_models.losses.ATTENTIONS`).
+    #: the heatmap reads; :data:`afloc_models.losses.ATTENTIONS`). ``regions`` always runs the
+    #: chunked PyTorch path: the fused CUDA kernels implement the published attention only.
     local_attention: str = "words_first"
 
 
