@@ -171,6 +171,8 @@ def checkpoint_complete(folder: Path) -> bool:
 
 def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
     """Train the demo checkpoint with the recipe above and move it to ``folder``."""
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)  # a --work folder that does not exist yet is made
     work_dir = Path(tempfile.mkdtemp(prefix="afloc-demo-", dir=work))
     try:
         phantoms = work_dir / "phantoms"
