@@ -26,6 +26,9 @@ full model.
    checked against the generalization targets (external pointing game >= 0.6, CNR >= 1.5, no
    finding below 0.3; in-domain >= 0.7 / 2.0). ``--checkpoint CKPT`` scores an existing checkpoint
    this way without training.
+6. ``--curve-every N`` (optional) copies the main run's checkpoint every N steps and scores each
+   copy in-domain and on the external sets (pointing game and CNR, no intervals): how the maps,
+   not only the losses, develop over the run (``main.curve``).
 """
 
 from __future__ import annotations
@@ -103,6 +106,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--external-seed", type=int, default=7)
     parser.add_argument("--cxr-notes", type=Path, default=None, help="real radiographs for the external set")
     parser.add_argument(
+        "--curve-every", type=int, default=0,
+        help="also score the main run's weights every this many steps (0: only the final weights)",
+    )
+    parser.add_argument(
         "--checkpoint", type=Path, default=None,
         help="evaluate this checkpoint (in-domain and external) instead of training; no ablations",
     )
@@ -164,7 +171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(results, indent=2))
         return 0
     results["grid_ceiling"] = {size: grid_ceiling(test_dir, base, size) for size in _infer_sizes(args, base)}
-    results["main"] = _run(args, "main", base, train_dir, test_dir, args.minutes)
+    results["main"] = _run(args, "main", base, train_dir, test_dir, args.minutes, curve_every=args.curve_every)
     results["main"]["external"] = _external_metrics(args, Path(results["main"]["checkpoint"]))
     results["side_by_side"] = side_by_side(results["main"])
     results["generalization_targets"] = generalization_targets(results["main"])
@@ -199,9 +206,10 @@ def _external_sets(args) -> dict[str, Path]:
     return ready
 
 
-def _external_metrics(args, checkpoint: Path) -> dict[str, Any]:
+def _external_metrics(args, checkpoint: Path, bootstrap: Optional[int] = None) -> dict[str, Any]:
     """Inner-product maps at the checkpoint's own inference size on every external set."""
-    return {name: evaluate_checkpoint(checkpoint, path, args.level, "dot", args.bootstrap, args.seed)
+    resamples = args.bootstrap if bootstrap is None else bootstrap
+    return {name: evaluate_checkpoint(checkpoint, path, args.level, "dot", resamples, args.seed)
             for name, path in _external_sets(args).items()}
 
 
@@ -287,19 +295,25 @@ def _with_loss(config: AFLocConfig, **weights: float) -> AFLocConfig:
     return AFLocConfig.from_dict(values, base=load_config("publication"))
 
 
-def _run(args, name: str, config: AFLocConfig, train_dir: Path, test_dir: Path, minutes: float) -> dict[str, Any]:
-    """Train from scratch for ``minutes`` (the cosine schedule ends at the deadline), then evaluate."""
+def _run(
+    args, name: str, config: AFLocConfig, train_dir: Path, test_dir: Path, minutes: float, curve_every: int = 0
+) -> dict[str, Any]:
+    """Train from scratch for ``minutes`` (the cosine schedule ends at the deadline), then evaluate.
+
+    ``curve_every``: also keep the weights every this many steps and score them (``curve``).
+    """
     import shutil
 
     from afloc_training.trainer import train
 
     out = args.work / name
     shutil.rmtree(out, ignore_errors=True)
+    snapshots = _Snapshots(out, args.work / f"{name}_curve", curve_every) if curve_every > 0 else None
     started = time.monotonic()
     # Epochs far beyond reach: the time budget alone ends the run and its learning-rate schedule.
     budget = {"max_steps": args.steps} if args.steps else {"epochs": 100_000, "max_minutes": minutes}
-    result = train(train_dir, out, config=config, seed=args.seed, save_every=0, progress=False,
-                   log_dir=args.work / "logs" / name, **budget)
+    result = train(train_dir, out, config=config, seed=args.seed, save_every=curve_every, progress=False,
+                   log_dir=args.work / "logs" / name, stop_check=snapshots, **budget)
     wall_minutes = (time.monotonic() - started) / 60
     sizes = _infer_sizes(args, config)
     metrics = {
@@ -326,9 +340,58 @@ def _run(args, name: str, config: AFLocConfig, train_dir: Path, test_dir: Path, 
         },
         "metrics": metrics,
     }
+    if snapshots is not None:
+        summary["curve"] = _score_curve(args, snapshots, test_dir, result.history)
     overall = {similarity: m["overall"] for similarity, m in metrics.items()}
     print(f"[quality] {name}: {json.dumps(summary['train'])} -> {json.dumps(overall)}", file=sys.stderr)
     return summary
+
+
+class _Snapshots:
+    """A ``stop_check`` for :func:`train` that never stops: after each step it reads the step of
+    the last saved checkpoint and copies the folder once that step reaches the next multiple of
+    ``every`` (the trainer saves at those steps; an epoch end one step later can make it N + 1)."""
+
+    def __init__(self, checkpoint: Path, folder: Path, every: int):
+        import shutil
+
+        self.checkpoint, self.folder, self.every = checkpoint, folder, every
+        self.copied: list[tuple[int, Path]] = []
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def __call__(self) -> bool:
+        import shutil
+
+        try:
+            step = int(json.loads((self.checkpoint / "meta.json").read_text())["training"]["step"])
+        except (OSError, ValueError, KeyError):
+            return False  # nothing saved yet
+        if step >= self.every * (len(self.copied) + 1):
+            target = self.folder / f"step{step}"
+            # Weights, config and text encoder; the optimiser state is not needed to score.
+            shutil.copytree(self.checkpoint, target, ignore=shutil.ignore_patterns("train_state.pt"))
+            self.copied.append((step, target))
+        return False
+
+
+def _score_curve(args, snapshots: _Snapshots, test_dir: Path, history: list[dict]) -> list[dict[str, Any]]:
+    """Pointing game and CNR of every kept snapshot, in-domain and external, next to its val loss."""
+    import shutil
+
+    val_by_step = {h["step"]: h.get("val_loss") for h in history}
+    curve = []
+    for step, folder in snapshots.copied:
+        # The validation loss of the last epoch that ended at or before this step.
+        done = [s for s in val_by_step if s <= step]
+        row: dict[str, Any] = {"step": step, "val_loss": val_by_step[max(done)] if done else None}
+        scored = {"in_domain": evaluate_checkpoint(folder, test_dir, args.level, "dot", 0, args.seed)}
+        scored.update({f"external_{k}": v for k, v in _external_metrics(args, folder, bootstrap=0).items()})
+        for column, metrics in scored.items():
+            row[column] = {k: metrics["overall"][k] for k in ("pointing_game", "cnr")}
+        curve.append(row)
+        print(f"[quality] curve: {json.dumps(row)}", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+    return curve
 
 
 def _similarities(args) -> list[str]:

@@ -35,3 +35,30 @@ def test_side_by_side_lines_up_findings_and_sets():
     assert checks["external_synthetic"]["worst_finding"] == {"finding": "nodule", "pointing_game": 0.35, "met": True}
     assert not checks["external_real"]["pointing_game"] and not checks["external_real"]["cnr"]
 
+
+
+def test_curve_snapshots_copy_each_saved_multiple(tmp_path):
+    """--curve-every: the stop_check copies the checkpoint once its saved step reaches each multiple."""
+    import json
+
+    from benchmarks.quality import _Snapshots
+
+    checkpoint, folder = tmp_path / "main", tmp_path / "main_curve"
+    checkpoint.mkdir()
+
+    def saved(step: int) -> None:
+        (checkpoint / "meta.json").write_text(json.dumps({"training": {"step": step}}))
+        (checkpoint / "model.safetensors").write_bytes(b"weights %d" % step)
+        (checkpoint / "train_state.pt").write_bytes(b"optimiser")
+
+    snapshots = _Snapshots(checkpoint, folder, every=100)
+    assert snapshots() is False  # nothing saved yet: no copy, never a stop
+    saved(59)  # an epoch end before the first multiple
+    assert snapshots() is False and snapshots.copied == []
+    saved(100)
+    assert snapshots() is False and snapshots() is False  # copied once, not again
+    saved(201)  # an epoch end one step after the multiple replaced the save at 200
+    snapshots()
+    assert [step for step, _ in snapshots.copied] == [100, 201]
+    assert (folder / "step100" / "model.safetensors").read_bytes() == b"weights 100"
+    assert not (folder / "step100" / "train_state.pt").exists()  # the optimiser state is not kept
