@@ -9,11 +9,11 @@ Three presets ship with the code:
   published``, see :data:`COMPAT_MODES`): 299 px working resolution, [CLS] and period units,
   report embedding over all token positions, the published heatmap and preprocessing, Adam
   betas (0.5, 0.999) and a step schedule (x0.9 per epoch). Imported checkpoints use it.
-- ``small``: a half-width ResNet-18 trained on 128 px crops (of a 176 px letterbox) with deep
+- ``small``: a half-width ResNet-18 trained on 192 px crops (of a 256 px letterbox) with deep
   features at stride 8, the MiniLM text body frozen, sentence and global levels only with
   attention over regions by the inner product, bf16 on CPUs with native bf16, a short schedule
   and a higher learning rate, so a from-scratch run fits a 2-core CPU in minutes; heatmaps are
-  read at 256 px (a 32x32 grid).
+  read at 256 px (a 32x32 grid), the scale training saw.
 
 A YAML file may hold any subset of fields; missing fields keep the preset named by its
 ``base`` key (default ``publication``).
@@ -303,12 +303,14 @@ def preset(name: str) -> AFLocConfig:
             text=TextEncoderConfig(last_n_layers=4, max_tokens=64),
             loss=LossConfig(local_chunk_size=0, weight_word=0.0, local_attention="regions"),
             # A frozen text body (its token embeddings cached by the trainer) buys ~40% more
-            # steps on a CPU; crops of 128 from a 176 letterbox; heatmaps read at 256 (32x32 grid).
+            # steps on a CPU; crops of 192 from a 256 letterbox, heatmaps read at 256 (a 32x32
+            # grid) so inference sees findings at the scale training did (the 128-of-176 crops
+            # before, read at 256, saw them 1.45x larger; docs/training.md, eighth session).
             optim=OptimConfig(
                 lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.0,
                 cpu_precision="auto",
             ),
-            data=DataConfig(resize=176, crop=128, num_workers=1, infer_scale=2.0),
+            data=DataConfig(resize=256, crop=192, num_workers=1, infer_scale=4 / 3),
         )
     raise ConfigError(f"unknown config preset '{name}' (known: publication, published, small)")
 
