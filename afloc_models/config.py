@@ -137,7 +137,8 @@ class DataConfig:
 
     Inference letterboxes the whole image to ``crop * infer_scale`` pixels. The encoder is fully
     convolutional, so a model trained on small crops can be read on a finer grid; a ratio (not a
-    size) keeps that choice right when a config changes ``crop``.
+    size) keeps that choice right when a config changes ``crop``. ``infer_scale = resize / crop``
+    reads findings at the size training saw them (the ``small`` preset: 256 / 192).
     """
 
     resize: int = 256
