@@ -14,7 +14,7 @@
 with exactly these two commands (run as subprocesses, progress bar included)::
 
     afloc-phantoms --out WORK/phantoms --n TRAIN_PHANTOMS --seed TRAIN_PHANTOM_SEED --size TRAIN_PHANTOM_SIZE \\
-        --workers CPUS
+        --workers CPUS --backgrounds CXR_NOTES   # (--backgrounds none when CXR_NOTES has no pairs.csv)
     afloc-train --data WORK/phantoms --out WORK/checkpoint --config TRAIN_CONFIG \\
         --max-steps TRAIN_MAX_STEPS --max-minutes TRAIN_MAX_MINUTES --seed TRAIN_SEED \\
         --trained-on TRAIN_TRAINED_ON
@@ -169,7 +169,17 @@ def checkpoint_complete(folder: Path) -> bool:
     return all((folder / name).exists() for name in ("config.yaml", "model.safetensors", "text_encoder"))
 
 
-def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
+def phantom_command(out: Path, cxr_notes: Path) -> list[str]:
+    """``afloc-phantoms`` for the training set: real backgrounds from ``cxr_notes`` when it is a
+    cxr-notes folder (the one ``--cxr-notes`` names, not only the default beside the repository),
+    phantoms only otherwise."""
+    backgrounds = str(cxr_notes) if (cxr_notes / "pairs.csv").is_file() else "none"
+    return [sys.executable, "-m", "afloc_training.phantoms", "--out", str(out), "--n", str(TRAIN_PHANTOMS),
+            "--seed", str(TRAIN_PHANTOM_SEED), "--size", str(TRAIN_PHANTOM_SIZE),
+            "--workers", str(os.cpu_count() or 1), "--backgrounds", backgrounds]
+
+
+def build_checkpoint(folder: Path, work: Optional[Path] = None, cxr_notes: Path = DEFAULT_CXR_NOTES) -> Path:
     """Train the demo checkpoint with the recipe above and move it to ``folder``."""
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)  # a --work folder that does not exist yet is made
@@ -178,9 +188,7 @@ def build_checkpoint(folder: Path, work: Optional[Path] = None) -> Path:
         phantoms = work_dir / "phantoms"
         trained = work_dir / "checkpoint"
         log(f"writing {TRAIN_PHANTOMS} training phantoms (seed {TRAIN_PHANTOM_SEED})")
-        _run([sys.executable, "-m", "afloc_training.phantoms", "--out", str(phantoms), "--n", str(TRAIN_PHANTOMS),
-              "--seed", str(TRAIN_PHANTOM_SEED), "--size", str(TRAIN_PHANTOM_SIZE),
-              "--workers", str(os.cpu_count() or 1)])
+        _run(phantom_command(phantoms, cxr_notes))
         manifest = json.loads((phantoms / "ground_truth" / "manifest.json").read_text(encoding="utf-8"))
         trained_on = TRAIN_TRAINED_ON if manifest.get("real_backgrounds") else TRAIN_TRAINED_ON_PHANTOMS
         log(f"training AFLoc '{TRAIN_CONFIG}' for {TRAIN_MAX_STEPS} steps (at most {TRAIN_MAX_MINUTES:g} min)")
@@ -236,7 +244,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log(f"datastore present: {args.datastore}")
     if args.only in (None, "checkpoint"):
         if args.force or not checkpoint_complete(args.checkpoint):
-            build_checkpoint(args.checkpoint.resolve(), args.work)
+            build_checkpoint(args.checkpoint.resolve(), args.work, args.cxr_notes.resolve())
         else:
             log(f"checkpoint present: {args.checkpoint}")
     return 0
