@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CXR_NOTES = REPO.parent / "shared" / "data" / "cxr-notes"  # our machines only
 
 
 def _build_demo():
@@ -17,14 +18,6 @@ def _build_demo():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _cxr_notes():
-    for parent in (REPO, *REPO.parents):
-        candidate = parent / "shared" / "data" / "cxr-notes"
-        if (candidate / "pairs.csv").is_file():
-            return candidate
-    return None
 
 
 def test_phantoms_use_the_given_cxr_notes_folder_or_none(tmp_path):
@@ -39,13 +32,13 @@ def test_phantoms_use_the_given_cxr_notes_folder_or_none(tmp_path):
     assert command[command.index("--backgrounds") + 1] == "none"
 
 
-@pytest.mark.skipif(_cxr_notes() is None, reason="shared cxr-notes data not present")
+@pytest.mark.skipif(not (CXR_NOTES / "pairs.csv").is_file(), reason="shared cxr-notes data not present")
 def test_phantom_command_draws_on_real_radiographs_from_a_folder_outside_the_default(tmp_path):
     """The command runs as built (fewer studies): a cxr-notes folder reached only through the
     argument (a link under another name) still gives real backgrounds."""
     demo = _build_demo()
     linked = tmp_path / "notes-elsewhere"
-    linked.symlink_to(_cxr_notes(), target_is_directory=True)
+    linked.symlink_to(CXR_NOTES, target_is_directory=True)
     command = demo.phantom_command(tmp_path / "phantoms", linked)
     command[command.index("--n") + 1] = "6"
     subprocess.run(command, check=True, cwd=tmp_path, capture_output=True)
