@@ -58,7 +58,7 @@ TRAIN_PHANTOM_SIZE = 256
 TRAIN_CONFIG = "small"
 TRAIN_MAX_STEPS = 1500
 #: Upper bound on the first start's wait. The step count makes the run reproducible (about
-#: 0.43 s a step of ``small`` on this project's idle 2-core AMD EPYC with native bf16: 11 minutes;
+#: 0.47 s a step of ``small`` on this project's idle 2-core AMD EPYC with native bf16: 11.7 minutes;
 #: roughly twice that per step in fp32 on a CPU without bf16); on a busy or slower machine the
 #: bound ends it earlier (the schedule then ends at the bound), and then it is not bit-reproducible.
 TRAIN_MAX_MINUTES = 15.0

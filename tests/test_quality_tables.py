@@ -36,7 +36,6 @@ def test_side_by_side_lines_up_findings_and_sets():
     assert not checks["external_real"]["pointing_game"] and not checks["external_real"]["cnr"]
 
 
-
 def test_curve_snapshots_copy_each_saved_multiple(tmp_path):
     """--curve-every: the stop_check copies the checkpoint once its saved step reaches each multiple."""
     import json
