@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: offline model folders and timing statistics."""
+"""Helpers shared by the benchmarks: offline model folders, timing statistics, and how much of
+the machine's CPU time a run really had (``/proc/stat``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 
 def bert_base_folder(root: Path | None = None) -> Path:
@@ -36,4 +38,47 @@ def summarize(seconds: list[float]) -> dict[str, float]:
         "p50_ms": round(1000 * statistics.median(ordered), 2),
         "p95_ms": round(1000 * p95, 2),
         "n": len(ordered),
+    }
+
+
+# The first eight counters of /proc/stat's "cpu" line, in clock ticks since boot.
+_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_ticks(stat_text: Optional[str] = None) -> Optional[dict[str, int]]:
+    """The machine-wide CPU time counters of ``/proc/stat`` (or of ``stat_text``); None where the
+    file does not exist (not Linux) or its first line is not the expected ``cpu`` line."""
+    if stat_text is None:
+        try:
+            stat_text = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+    first = stat_text.splitlines()[0].split() if stat_text.strip() else []
+    if len(first) < 5 or first[0] != "cpu":
+        return None
+    values = [int(v) for v in first[1 : 1 + len(_CPU_FIELDS)]]
+    values += [0] * (len(_CPU_FIELDS) - len(values))  # old kernels lack iowait ... steal
+    return dict(zip(_CPU_FIELDS, values))
+
+
+def cpu_share(before: Optional[dict[str, int]], after: Optional[dict[str, int]]) -> Optional[dict[str, float]]:
+    """How the machine's CPU time between two :func:`cpu_ticks` readings was spent, as fractions:
+    ``busy`` (this and every other process), ``idle`` (including waiting for I/O) and ``steal``
+    (taken by the hypervisor for other guests: a shared virtual machine under load).
+
+    A timed run on a machine with 50% steal gets about half the steps of the same run on an idle
+    one, so benchmark records carry this beside their figures. None when either reading is None
+    or no time passed.
+    """
+    if before is None or after is None:
+        return None
+    delta = {k: after[k] - before[k] for k in _CPU_FIELDS}
+    total = sum(delta.values())
+    if total <= 0:
+        return None
+    busy = delta["user"] + delta["nice"] + delta["system"] + delta["irq"] + delta["softirq"]
+    return {
+        "busy": round(busy / total, 3),
+        "idle": round((delta["idle"] + delta["iowait"]) / total, 3),
+        "steal": round(delta["steal"] / total, 3),
     }

@@ -49,11 +49,14 @@ import numpy as np  # noqa: E402
 
 from afloc_models.config import AFLocConfig, load_config  # noqa: E402
 from afloc_training.phantoms.writer import RECIPE_REAL_FRACTION, RECIPE_STYLE  # noqa: E402
+from benchmarks.common import cpu_share, cpu_ticks  # noqa: E402
 
 TARGETS = {"pointing_game": 0.6, "cnr": 1.0}
 #: Issue 13: on the external sets (every one), and in-domain at the same time.
 EXTERNAL_TARGETS = {"pointing_game": 0.6, "cnr": 1.5, "worst_finding_pointing_game": 0.3}
 IN_DOMAIN_TARGETS = {"pointing_game": 0.7, "cnr": 2.0}
+#: Above this share of stolen CPU time a timed run is flagged as taken under load.
+STEAL_WARNING = 0.10
 ABLATIONS = {
     "full": {},
     "no_word": {"weight_word": 0.0},
@@ -309,12 +312,17 @@ def _run(
     out = args.work / name
     shutil.rmtree(out, ignore_errors=True)
     snapshots = _Snapshots(out, args.work / f"{name}_curve", curve_every) if curve_every > 0 else None
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_ticks()
     # Epochs far beyond reach: the time budget alone ends the run and its learning-rate schedule.
     budget = {"max_steps": args.steps} if args.steps else {"epochs": 100_000, "max_minutes": minutes}
     result = train(train_dir, out, config=config, seed=args.seed, save_every=curve_every, progress=False,
                    log_dir=args.work / "logs" / name, stop_check=snapshots, **budget)
     wall_minutes = (time.monotonic() - started) / 60
+    share = cpu_share(ticks, cpu_ticks())
+    if share is not None and share["steal"] > STEAL_WARNING:
+        print(f"[quality] warning: {name}: the hypervisor took {share['steal']:.0%} of this machine's CPU time "
+              f"while it trained (steal); its step count and maps are not comparable with an idle "
+              f"machine's", file=sys.stderr)
     sizes = _infer_sizes(args, config)
     metrics = {
         _metric_key(similarity, size, config): evaluate_checkpoint(
@@ -337,6 +345,7 @@ def _run(
             "wall_minutes_with_setup": round(wall_minutes, 2),
             "final_train_loss": result.train_loss,
             "val_loss": result.val_loss,
+            "cpu_share": share,
         },
         "metrics": metrics,
     }
