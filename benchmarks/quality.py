@@ -116,7 +116,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         "--checkpoint", type=Path, default=None,
         help="evaluate this checkpoint (in-domain and external) instead of training; no ablations",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    sides = [s.strip() for s in args.infer_sizes.split(",") if s.strip()]
+    if not all(side.isdigit() and 32 <= int(side) <= 4096 for side in sides):
+        parser.error(f"--infer-sizes must be a comma list of letterbox sides in pixels (32-4096), "
+                     f"got {args.infer_sizes!r}")
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -164,9 +169,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         checkpoint = AFLoc.from_pretrained(args.checkpoint)
         results["config"] = checkpoint.config.to_dict()
-        results["main"] = {"checkpoint": str(args.checkpoint), "meta": checkpoint.meta,
-                           "metrics": {"dot": evaluate_checkpoint(args.checkpoint, test_dir, args.level, "dot",
-                                                                  args.bootstrap, args.seed)}}
+        metrics = {
+            _metric_key("dot", size, checkpoint.config): evaluate_checkpoint(
+                args.checkpoint, test_dir, args.level, "dot", args.bootstrap, args.seed, input_size=size
+            )
+            for size in _infer_sizes(args, checkpoint.config)
+        }
+        results["main"] = {"checkpoint": str(args.checkpoint), "meta": checkpoint.meta, "metrics": metrics}
         results["main"]["external"] = _external_metrics(args, args.checkpoint)
         results["side_by_side"] = side_by_side(results["main"])
         results["generalization_targets"] = generalization_targets(results["main"])
@@ -408,8 +417,11 @@ def _similarities(args) -> list[str]:
 
 
 def _infer_sizes(args, config: AFLocConfig) -> list[int]:
-    sizes = [int(s) for s in args.infer_sizes.split(",") if s.strip()]
-    return sizes or [config.data.inference_size]
+    """The config's own inference size first (the side-by-side table and the external sets read
+    maps there), then each other ``--infer-sizes`` side once."""
+    own = config.data.inference_size
+    extra = [int(s) for s in args.infer_sizes.split(",") if s.strip()]
+    return [own] + [size for size in dict.fromkeys(extra) if size != own]
 
 
 def _metric_key(similarity: str, size: int, config: AFLocConfig) -> str:

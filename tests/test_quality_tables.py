@@ -1,8 +1,11 @@
-"""benchmarks/quality.py: the side-by-side table and the generalization target checks."""
+"""benchmarks/quality.py: the side-by-side table, the generalization target checks, reading sizes."""
 
 from __future__ import annotations
 
-from benchmarks.quality import generalization_targets, side_by_side
+import pytest
+
+from afloc_models.config import preset
+from benchmarks.quality import _infer_sizes, generalization_targets, parse_args, side_by_side
 
 
 def _metrics(pg: float, cnr: float, per: dict[str, tuple[int, float]]) -> dict:
@@ -61,3 +64,18 @@ def test_curve_snapshots_copy_each_saved_multiple(tmp_path):
     assert [step for step, _ in snapshots.copied] == [100, 201]
     assert (folder / "step100" / "model.safetensors").read_bytes() == b"weights 100"
     assert not (folder / "step100" / "train_state.pt").exists()  # the optimiser state is not kept
+
+
+def test_reading_sizes_start_with_the_checkpoint_s_own():
+    """The side-by-side table reads the config's own size, so it is always evaluated, first."""
+    config = preset("small")
+    own = config.data.inference_size
+    assert _infer_sizes(parse_args(["--work", "w"]), config) == [own]
+    assert _infer_sizes(parse_args(["--work", "w", "--infer-sizes", f"224,{own},224"]), config) == [own, 224]
+
+
+def test_bad_reading_sizes_are_refused_by_name(capsys):
+    for bad in ("abc", "256,-1", "8"):
+        with pytest.raises(SystemExit):
+            parse_args(["--work", "w", "--infer-sizes", bad])
+        assert "--infer-sizes must be a comma list" in capsys.readouterr().err
