@@ -3,6 +3,7 @@ the machine's CPU time a run really had (``/proc/stat``)."""
 
 from __future__ import annotations
 
+import platform
 import shutil
 import statistics
 import tempfile
@@ -54,7 +55,7 @@ def cpu_ticks(stat_text: Optional[str] = None) -> Optional[dict[str, int]]:
         except OSError:
             return None
     first = stat_text.splitlines()[0].split() if stat_text.strip() else []
-    if len(first) < 5 or first[0] != "cpu":
+    if len(first) < 5 or first[0] != "cpu" or not all(v.isdigit() for v in first[1:]):
         return None
     values = [int(v) for v in first[1 : 1 + len(_CPU_FIELDS)]]
     values += [0] * (len(_CPU_FIELDS) - len(values))  # old kernels lack iowait ... steal
@@ -82,3 +83,15 @@ def cpu_share(before: Optional[dict[str, int]], after: Optional[dict[str, int]])
         "idle": round((delta["idle"] + delta["iowait"]) / total, 3),
         "steal": round(delta["steal"] / total, 3),
     }
+
+
+def cpu_model() -> Optional[str]:
+    """The processor's model name from ``/proc/cpuinfo`` (e.g. "AMD EPYC 9B14"), else
+    :func:`platform.processor`, else None: records name the machine their figures came from."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

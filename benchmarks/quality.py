@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 from afloc_models.config import AFLocConfig, load_config  # noqa: E402
 from afloc_training.phantoms.writer import RECIPE_REAL_FRACTION, RECIPE_STYLE  # noqa: E402
-from benchmarks.common import cpu_share, cpu_ticks  # noqa: E402
+from benchmarks.common import cpu_model, cpu_share, cpu_ticks  # noqa: E402
 
 TARGETS = {"pointing_game": 0.6, "cnr": 1.0}
 #: Issue 13: on the external sets (every one), and in-domain at the same time.
@@ -152,6 +152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

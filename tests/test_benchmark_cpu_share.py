@@ -1,10 +1,10 @@
-"""benchmarks.common.cpu_ticks / cpu_share: the machine-load figures benchmark records carry."""
+"""benchmarks.common cpu_ticks / cpu_share / cpu_model: the machine and its load, as records carry them."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.common import cpu_share, cpu_ticks
+from benchmarks.common import cpu_model, cpu_share, cpu_ticks
 
 # Two /proc/stat first lines ten seconds apart on a 2-vCPU guest: between them 1,000 ticks of
 # user time, 100 system, 200 idle, 100 iowait and 600 stolen by the hypervisor (2,000 in all).
@@ -22,7 +22,7 @@ def test_old_kernel_line_without_steal_counts_none_stolen():
     assert before["steal"] == 0 and cpu_share(before, after) == {"busy": 0.5, "idle": 0.5, "steal": 0.0}
 
 
-@pytest.mark.parametrize("text", ["", "intr 1 2 3\n", "cpu 1 2\n"])
+@pytest.mark.parametrize("text", ["", "intr 1 2 3\n", "cpu 1 2\n", "cpu 1 2 x 4 5\n"])
 def test_unexpected_text_gives_none_not_an_error(text):
     assert cpu_ticks(text) is None
     assert cpu_share(cpu_ticks(text), cpu_ticks(AFTER)) is None
@@ -42,3 +42,14 @@ def test_this_machine_reads_where_proc_stat_exists():
     assert (ticks is not None) == expected
     if ticks is not None:
         assert set(ticks) >= {"user", "idle", "steal"} and all(v >= 0 for v in ticks.values())
+
+
+def test_the_processor_is_named_as_proc_cpuinfo_names_it():
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    if not names:
+        pytest.skip("this system has no model name in /proc/cpuinfo")
+    assert cpu_model() == names[0]
