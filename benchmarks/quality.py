@@ -170,12 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         checkpoint = AFLoc.from_pretrained(args.checkpoint)
         results["config"] = checkpoint.config.to_dict()
-        metrics = {
-            _metric_key("dot", size, checkpoint.config): evaluate_checkpoint(
-                args.checkpoint, test_dir, args.level, "dot", args.bootstrap, args.seed, input_size=size
-            )
-            for size in _infer_sizes(args, checkpoint.config)
-        }
+        metrics = _metrics_by_size(args, args.checkpoint, checkpoint.config, test_dir, ["dot"])
         results["main"] = {"checkpoint": str(args.checkpoint), "meta": checkpoint.meta, "metrics": metrics}
         results["main"]["external"] = _external_metrics(args, args.checkpoint)
         results["side_by_side"] = side_by_side(results["main"])
@@ -333,14 +328,7 @@ def _run(
         print(f"[quality] warning: {name}: the hypervisor took {share['steal']:.0%} of this machine's CPU time "
               f"while it trained (steal); its step count and maps are not comparable with an idle "
               f"machine's", file=sys.stderr)
-    sizes = _infer_sizes(args, config)
-    metrics = {
-        _metric_key(similarity, size, config): evaluate_checkpoint(
-            out, test_dir, args.level, similarity, args.bootstrap, args.seed, input_size=size
-        )
-        for size in sizes
-        for similarity in _similarities(args)
-    }
+    metrics = _metrics_by_size(args, out, config, test_dir, _similarities(args))
     summary = {
         "checkpoint": str(out),
         "loss_weights": {k: getattr(config.loss, k) for k in ("weight_word", "weight_sentence", "weight_global")},
@@ -423,6 +411,20 @@ def _infer_sizes(args, config: AFLocConfig) -> list[int]:
     own = config.data.inference_size
     extra = [int(s) for s in args.infer_sizes.split(",") if s.strip()]
     return [own] + [size for size in dict.fromkeys(extra) if size != own]
+
+
+def _metrics_by_size(
+    args, checkpoint: Path, config: AFLocConfig, test_dir: Path, similarities: list[str]
+) -> dict[str, dict]:
+    """In-domain metrics of ``checkpoint`` per reading size and similarity, keyed by
+    :func:`_metric_key` (``dot`` at the config's own size, ``dot@224`` at another)."""
+    return {
+        _metric_key(similarity, size, config): evaluate_checkpoint(
+            checkpoint, test_dir, args.level, similarity, args.bootstrap, args.seed, input_size=size
+        )
+        for size in _infer_sizes(args, config)
+        for similarity in similarities
+    }
 
 
 def _metric_key(similarity: str, size: int, config: AFLocConfig) -> str:
