@@ -129,6 +129,10 @@ class OptimConfig:
     #: ``bf16`` (autocast), or ``auto`` (bf16 only where oneDNN has native bf16 kernels, e.g.
     #: AVX512-BF16 or AMX; emulated bf16 would be slower than fp32). The losses stay fp32.
     cpu_precision: str = "fp32"
+    #: Steps this recipe needed before its maps formed, as measured (docs/training.md). A run that
+    #: its time budget (``max_minutes``) stops earlier warns that its maps may be unformed: a
+    #: slower or shared machine trains fewer steps in the same minutes. 0: no such warning.
+    min_useful_steps: int = 0
 
 
 @dataclass
@@ -309,7 +313,7 @@ def preset(name: str) -> AFLocConfig:
             # before, read at 256, saw them 1.45x larger; docs/training.md, eighth session).
             optim=OptimConfig(
                 lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.0,
-                cpu_precision="auto",
+                cpu_precision="auto", min_useful_steps=1300,
             ),
             data=DataConfig(resize=256, crop=192, num_workers=1, infer_scale=4 / 3),
         )

@@ -118,6 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         if result.unreadable:
             print(f"{PROG}: {len(result.unreadable)} unreadable image(s) skipped, e.g. {result.unreadable[0]}")
+        for text in result.warnings:
+            print(f"{PROG}: warning: {text}")
     if stop.signal_number is not None:
         return 128 + stop.signal_number
     return 0

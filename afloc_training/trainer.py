@@ -88,6 +88,8 @@ class TrainResult:
             load time: ``unreadable``).
         unreadable: images that failed to decode during this call.
         resumed_from_step: the step this call started from (0 for a fresh run).
+        warnings: things the user should act on, in words (e.g. a time budget that ended the run
+            before the recipe's ``optim.min_useful_steps``).
     """
 
     checkpoint: Path
@@ -107,6 +109,19 @@ class TrainResult:
     #: validation and saving excluded), and the share of that time the loop waited for data.
     images_per_s: Optional[float] = None
     data_wait_fraction: Optional[float] = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _budget_warnings(stopped: Optional[str], steps: int, min_useful_steps: int) -> list[str]:
+    """A warning when the time budget ended the run before the recipe's maps were measured to form."""
+    if stopped != "max_minutes" or steps >= min_useful_steps:
+        return []
+    return [
+        f"the time budget stopped training at step {steps}, before the {min_useful_steps} steps this "
+        "recipe's maps were measured to need (optim.min_useful_steps): the heatmaps may not have "
+        "formed. This machine is slower or busier than the one the recipe was timed on; give it "
+        f"more minutes (--max-minutes) or a step budget (--max-steps {min_useful_steps} or more)"
+    ]
 
 
 # ------------------------------------------------------------------------------- public API
@@ -691,6 +706,9 @@ class _Run:
         skipped = dict(self.pairs.skipped)
         if self.unreadable:
             skipped["unreadable"] = len(self.unreadable)
+        warnings = _budget_warnings(stopped, self.step, self.config.optim.min_useful_steps)
+        for text in warnings:
+            logger.warning("%s", text)
         return TrainResult(
             checkpoint=self.out,
             steps=self.step,
@@ -707,6 +725,7 @@ class _Run:
             resumed_from_step=self.resumed_from,
             images_per_s=self.loop_images / self.loop_seconds if self.loop_seconds > 0 else None,
             data_wait_fraction=self.data_wait_seconds / self.loop_seconds if self.loop_seconds > 0 else None,
+            warnings=warnings,
         )
 
     def _run_epoch(self, losses: list[float], deadline: Optional[float], bar) -> Optional[str]:

@@ -344,6 +344,7 @@ def _run(
             "final_train_loss": result.train_loss,
             "val_loss": result.val_loss,
             "cpu_share": share,
+            "warnings": result.warnings,
         },
         "metrics": metrics,
     }

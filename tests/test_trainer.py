@@ -17,7 +17,7 @@ import torch
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.model import AFLoc
 from afloc_training.phantoms import write_phantom_datastore
-from afloc_training.trainer import STATE_FILE, lr_factor, read_train_state, train
+from afloc_training.trainer import STATE_FILE, _budget_warnings, lr_factor, read_train_state, train
 
 REPO = Path(__file__).resolve().parents[1]
 # The shared folder of real radiographs lies beside the repository on the team's machines only.
@@ -90,6 +90,8 @@ def test_run_writes_a_loadable_checkpoint_logs_and_history(reference, workspace)
     # Throughput over the steps, and the share spent waiting for the loader (benchmarks read these).
     assert reference.images_per_s is not None and reference.images_per_s > 0
     assert reference.data_wait_fraction is not None and 0.0 <= reference.data_wait_fraction < 1.0
+    # It ran its planned epochs, not out of time: nothing to warn about.
+    assert reference.warnings == []
 
     model = AFLoc.from_pretrained(reference.checkpoint)
     assert model.config.embed_dim == 32
@@ -260,6 +262,27 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert bad_config.returncode == 1 and "Traceback" not in bad_config.stderr
     usage = _cli("--data", "x", "--out", "y", "--epochs", "0")
     assert usage.returncode == 2 and "--epochs" in usage.stderr
+
+
+def test_a_time_budget_that_ends_before_the_recipe_s_steps_is_warned_about(workspace, tmp_path):
+    """``optim.min_useful_steps``: a run stopped by --max-minutes before the steps the recipe's maps
+    were measured to need says so at the end (a slow or shared CPU trains fewer steps in the same
+    minutes); a run that reaches them, or ends on its step budget, does not."""
+    from afloc_models.config import preset
+
+    assert preset("small").optim.min_useful_steps == 1300
+    assert _budget_warnings("completed", 10, 1300) == [] and _budget_warnings("max_minutes", 1300, 1300) == []
+    assert _budget_warnings("max_minutes", 5, 0) == []
+    config = tmp_path / "slow.yaml"
+    config.write_text(TINY.format(text_lr_scale=0.0).replace("text_lr_scale: 0.0}", "text_lr_scale: 0.0, min_useful_steps: 500}"))
+    run = _cli("--data", str(workspace / "data"), "--out", str(tmp_path / "ckpt"), "--config", str(config),
+               "--max-minutes", "0.002", "--no-progress")
+    assert run.returncode == 0, run.stderr
+    warning = [line for line in run.stdout.splitlines() if line.startswith("afloc-train: warning:")]
+    assert len(warning) == 1, run.stdout
+    assert "stopped training at step" in warning[0] and "500 steps" in warning[0] and "--max-steps 500" in warning[0]
+    assert "max_minutes after" in run.stdout
+    assert AFLoc.from_pretrained(tmp_path / "ckpt").meta["training"]["step"] < 500  # saved all the same
 
 
 @pytest.mark.slow

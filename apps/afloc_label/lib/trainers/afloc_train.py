@@ -135,6 +135,7 @@ class AFLocTrainTask(TrainTask):
             "val_pairs": result.val_pairs,
             "skipped": result.skipped,
             "seconds": round(result.seconds, 1),
+            "warnings": result.warnings,
         }
         problem = checkpoint_problem(run_dir)
         if result.stopped not in _PUBLISHABLE or problem is not None:
