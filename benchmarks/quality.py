@@ -232,7 +232,9 @@ def side_by_side(main: dict[str, Any]) -> dict[str, Any]:
             entry = metrics["overall"] if finding == "overall" else metrics["per_finding"].get(finding)
             if entry is None:
                 continue
-            row[column] = {k: entry.get(k) for k in ("pointing_game", "pointing_game_ci95", "cnr", "cnr_ci95", "miou")}
+            row[column] = {
+                k: entry.get(k) for k in ("pointing_game", "pointing_game_ci95", "cnr", "cnr_ci95", "miou", "peak_distance")
+            }
             row[column]["n"] = metrics["cases"] if finding == "overall" else entry["n"]
         table[finding] = row
     return table
@@ -448,7 +450,7 @@ def evaluate_checkpoint(
     predictor = AFLocPredictor.load(checkpoint, device="auto", settings=settings, input_size=input_size)
     records, skipped, _ = evaluate(predictor, cases, thresholds=DEFAULT_THRESHOLDS, level=level)
     summary = summarize(records, DEFAULT_THRESHOLDS, bootstrap=bootstrap, seed=seed)
-    keys = ("pointing_game", "cnr", "miou", "mdice")
+    keys = ("pointing_game", "cnr", "miou", "mdice", "peak_distance")
 
     def pick(entry: dict) -> dict:
         return {k: _round(entry[k]["mean"]) for k in keys} | {

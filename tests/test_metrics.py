@@ -16,6 +16,7 @@ from afloc_models.evaluation.metrics import (
     dice,
     iou,
     normalize_heatmap,
+    peak_distance,
     pointing_game,
     threshold_sweep,
 )
@@ -90,6 +91,26 @@ def test_pointing_game():
     assert pointing_game(tied, corner) is False
     with pytest.raises(ValueError, match="non-empty"):
         pointing_game(heatmap, EMPTY)
+
+
+def test_peak_distance_is_zero_on_a_hit_and_grows_with_the_miss():
+    """Distance from the hottest pixel to the nearest ground-truth pixel, in image sides (the
+    longer one): 0 whenever the pointing game is won."""
+    heatmap = np.zeros((10, 20))
+    heatmap[2, 3] = 1.0
+    gt = np.zeros((10, 20), bool)
+    gt[2, 3] = True
+    assert peak_distance(heatmap, gt) == 0.0 and pointing_game(heatmap, gt)
+    gt[:] = False
+    gt[6, 6:9] = True  # nearest ground-truth pixel (6, 6): 3-4-5 triangle, 5 pixels of 20
+    assert peak_distance(heatmap, gt) == pytest.approx(5 / 20)
+    far = np.zeros((10, 20), bool)
+    far[9, 19] = True
+    assert peak_distance(heatmap, far) > peak_distance(heatmap, gt)
+    with pytest.raises(ValueError, match="non-empty"):
+        peak_distance(heatmap, np.zeros((10, 20), bool))
+    with pytest.raises(ValueError, match="shape"):
+        peak_distance(heatmap, np.ones((3, 3), bool))
 
 
 def test_threshold_sweep_by_hand():

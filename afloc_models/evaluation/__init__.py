@@ -22,6 +22,7 @@ from afloc_models.evaluation.metrics import (
     dice,
     iou,
     normalize_heatmap,
+    peak_distance,
     pointing_game,
     threshold_sweep,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "iou",
     "load_ground_truth",
     "normalize_heatmap",
+    "peak_distance",
     "pointing_game",
     "read_coco",
     "read_mask_folder",

@@ -48,6 +48,7 @@ from afloc_models.evaluation.metrics import (
     aggregate,
     bootstrap_ci,
     cnr,
+    peak_distance,
     pointing_game,
     threshold_sweep,
 )
@@ -123,6 +124,7 @@ def score_case(
     record = threshold_sweep(heatmap, gt, thresholds, normalize=True, empty_prediction=empty_prediction)
     record["cnr"] = cnr(heatmap, gt)
     record["pointing_game"] = float(pointing_game(heatmap, gt)) if gt.any() else math.nan
+    record["peak_distance"] = peak_distance(heatmap, gt) if gt.any() else math.nan
     return record
 
 
@@ -253,7 +255,7 @@ def evaluate_published(
 
 
 def metric_names(thresholds: Sequence[float]) -> list[str]:
-    names = ["miou", "mdice", "cnr", "pointing_game"]
+    names = ["miou", "mdice", "cnr", "pointing_game", "peak_distance"]
     names += [f"iou@{t:g}" for t in thresholds] + [f"dice@{t:g}" for t in thresholds]
     return names
 
