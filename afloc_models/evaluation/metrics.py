@@ -145,14 +145,8 @@ def pointing_game(heatmap: np.ndarray, gt_mask: np.ndarray) -> bool:
         ValueError: shapes differ, the heatmap holds NaN/inf, or the ground truth is empty
             (there is nothing to point at; leave such samples out).
     """
-    values = np.asarray(heatmap, dtype=np.float64)
-    gt = np.asarray(gt_mask).astype(bool)
-    _same_shape(values, gt, "heatmap", "gt_mask")
-    if not np.all(np.isfinite(values)):
-        raise ValueError("heatmap contains NaN or infinite values")
-    if not gt.any():
-        raise ValueError("pointing game needs a non-empty ground-truth mask")
-    return bool(gt.flat[int(np.argmax(values))])
+    gt, (row, column) = _hottest_pixel(heatmap, gt_mask, "pointing game")
+    return bool(gt[row, column])
 
 
 def peak_distance(heatmap: np.ndarray, gt_mask: np.ndarray) -> float:
@@ -165,17 +159,24 @@ def peak_distance(heatmap: np.ndarray, gt_mask: np.ndarray) -> float:
     Raises:
         ValueError: as :func:`pointing_game`.
     """
+    gt, (row, column) = _hottest_pixel(heatmap, gt_mask, "peak distance")
+    rows, columns = np.nonzero(gt)
+    nearest = float(np.sqrt(((rows - row) ** 2 + (columns - column) ** 2).min()))
+    return nearest / max(gt.shape)
+
+
+def _hottest_pixel(heatmap: np.ndarray, gt_mask: np.ndarray, metric: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """The boolean ground truth and the (row, column) of the heatmap's first maximum, after the
+    checks the peak metrics share (same shape, finite heatmap, non-empty ground truth)."""
     values = np.asarray(heatmap, dtype=np.float64)
     gt = np.asarray(gt_mask).astype(bool)
     _same_shape(values, gt, "heatmap", "gt_mask")
     if not np.all(np.isfinite(values)):
         raise ValueError("heatmap contains NaN or infinite values")
     if not gt.any():
-        raise ValueError("peak distance needs a non-empty ground-truth mask")
+        raise ValueError(f"{metric} needs a non-empty ground-truth mask")
     row, column = np.unravel_index(int(np.argmax(values)), values.shape)
-    rows, columns = np.nonzero(gt)
-    nearest = float(np.sqrt(((rows - row) ** 2 + (columns - column) ** 2).min()))
-    return nearest / max(values.shape)
+    return gt, (int(row), int(column))
 
 
 def threshold_sweep(
