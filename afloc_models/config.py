@@ -101,7 +101,7 @@ class LossConfig:
     local_impl: str = "auto"
     #: Each training report also gives a copy with its sides (or zones) exchanged, scored as an
     #: extra negative for every image at all three levels (afloc_training.location_swap): a hard
-    #: negative that differs from the true report only in where the finding is. Single process.
+    #: negative that differs from the true report only in where the finding is.
     swap_negatives: bool = False
     #: How words and sentences attend over regions in the local losses: ``words_first`` (as
     #: published) or ``regions`` (one softmax over regions of the inner product, the quantity

@@ -141,31 +141,63 @@ def gather_features(
         return image, text
     table = gather_sizes(ctx, image.global_.shape[0], text.words.shape[2], text.sentences.shape[2])
     rows = [int(r) for r in table[:, 0].tolist()]
-    max_rows, max_words, max_sentences = (int(v) for v in table.max(dim=0).values.tolist())
-
-    def gather(tensor: torch.Tensor, last: Optional[int] = None, differentiable: bool = True) -> torch.Tensor:
-        padded = _pad_rows(_pad_last(tensor, last) if last is not None else tensor, max_rows)
-        if differentiable:
-            with warnings.catch_warnings():
-                # Deprecated in favour of a private API, but it is the public autograd-aware gather.
-                warnings.simplefilter("ignore", FutureWarning)
-                parts = torch.distributed.nn.functional.all_gather(padded)
-        else:
-            parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
-            dist.all_gather(parts, padded.contiguous())
-        return torch.cat([part[:n] for part, n in zip(parts, rows)], dim=0)
-
+    max_words, max_sentences = (int(v) for v in table[:, 1:].max(dim=0).values.tolist())
     gathered_image = ImageFeatures(
-        shallow=gather(image.shallow), deep=gather(image.deep), global_=gather(image.global_)
+        shallow=_gather_rows(ctx, image.shallow, rows),
+        deep=_gather_rows(ctx, image.deep, rows),
+        global_=_gather_rows(ctx, image.global_, rows),
     )
-    gathered_text = TextFeatures(
-        words=gather(text.words, max_words),
-        n_words=gather(text.n_words, differentiable=False),
-        sentences=gather(text.sentences, max_sentences),
-        n_sentences=gather(text.n_sentences, differentiable=False),
-        report=gather(text.report),
+    return gathered_image, _gather_text(ctx, text, rows, max_words, max_sentences)
+
+
+def gather_negatives(
+    ctx: DistContext, negatives: TextFeatures, valid: torch.Tensor
+) -> tuple[TextFeatures, torch.Tensor]:
+    """All ranks' per-image negative reports (``loss.swap_negatives``) in rank order.
+
+    Row ``i`` of the result belongs to row ``i`` of :func:`gather_features`'s images, because
+    both concatenate the ranks' rows in the same order.
+
+    Args:
+        negatives: this rank's ``[b]`` negative reports (one per image, e.g. location-swapped).
+        valid: ``[b]`` bool, False where an image has no negative (nothing to swap).
+
+    Returns:
+        ``([B] features, [B] bool)`` with ``B = sum of b over ranks``.
+    """
+    if not ctx.is_distributed:
+        return negatives, valid
+    table = gather_sizes(ctx, negatives.report.shape[0], negatives.words.shape[2], negatives.sentences.shape[2])
+    rows = [int(r) for r in table[:, 0].tolist()]
+    max_words, max_sentences = (int(v) for v in table[:, 1:].max(dim=0).values.tolist())
+    flags = _gather_rows(ctx, valid.to(ctx.device, torch.uint8), rows, differentiable=False)
+    return _gather_text(ctx, negatives, rows, max_words, max_sentences), flags.bool()
+
+
+def _gather_text(
+    ctx: DistContext, text: TextFeatures, rows: list[int], max_words: int, max_sentences: int
+) -> TextFeatures:
+    return TextFeatures(
+        words=_gather_rows(ctx, _pad_last(text.words, max_words), rows),
+        n_words=_gather_rows(ctx, text.n_words, rows, differentiable=False),
+        sentences=_gather_rows(ctx, _pad_last(text.sentences, max_sentences), rows),
+        n_sentences=_gather_rows(ctx, text.n_sentences, rows, differentiable=False),
+        report=_gather_rows(ctx, text.report, rows),
     )
-    return gathered_image, gathered_text
+
+
+def _gather_rows(ctx: DistContext, tensor: torch.Tensor, rows: list[int], differentiable: bool = True) -> torch.Tensor:
+    """Every rank's ``tensor`` (``rows[r]`` rows on rank ``r``, other dims equal) concatenated."""
+    padded = _pad_rows(tensor, max(rows))
+    if differentiable:
+        with warnings.catch_warnings():
+            # Deprecated in favour of a private API, but it is the public autograd-aware gather.
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = torch.distributed.nn.functional.all_gather(padded)
+    else:
+        parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:n] for part, n in zip(parts, rows)], dim=0)
 
 
 def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:

@@ -120,7 +120,8 @@ def _budget_warnings(stopped: Optional[str], steps: int, min_useful_steps: int) 
         f"the time budget stopped training at step {steps}, before the {min_useful_steps} steps this "
         "recipe's maps were measured to need (optim.min_useful_steps): the heatmaps may not have "
         "formed. This machine is slower or busier than the one the recipe was timed on; give it "
-        f"more minutes (--max-minutes) or a step budget (--max-steps {min_useful_steps} or more)"
+        f"more minutes or a budget of {min_useful_steps} steps or more (afloc-train --max-minutes / "
+        f"--max-steps {min_useful_steps}; the MONAI Label training task's max_minutes / max_steps)"
     ]
 
 
@@ -495,10 +496,6 @@ class _Run:
 
         channels = self.config.image.in_channels
         negatives = bool(self.config.loss.swap_negatives)
-        if negatives and ctx.is_distributed:
-            raise ConfigError(
-                "loss.swap_negatives works in a single process only for now; turn it off for multi-process training"
-            )
         self.train_set = PairDataset(
             train_pairs, self.config.data, channels, train=True, seed=self.seed, negatives=negatives
         )
@@ -839,15 +836,20 @@ class _Run:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16):
             image, text = self.encoders(images, tokens)
         image, text = _to_float(image), _to_float(text)
-        negatives = None
-        if batch.negative_valid is not None:
+        negatives, valid = None, batch.negative_valid
+        if valid is not None:
             # The collate put the B swapped reports after the B true ones.
             text, negatives = _split_rows(text, images.shape[0])
+        elif self.train_set.negatives and self.ctx.is_distributed:
+            # No report of this rank's rows names a side or zone, but the other ranks' may: join
+            # their gather with placeholder rows that the loss leaves out.
+            negatives, valid = text, torch.zeros(images.shape[0], dtype=torch.bool)
         image, text = D.gather_features(self.ctx, image, text)
         if negatives is None:
             losses = self.model.compute_loss(image, text)
         else:
-            losses = self.model.compute_loss(image, text, negatives, batch.negative_valid)
+            negatives, valid = D.gather_negatives(self.ctx, negatives, valid)
+            losses = self.model.compute_loss(image, text, negatives, valid)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
                 self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler,

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -30,12 +31,32 @@ REPORTS = [
     ["right middle zone opacity concerning for pneumonia", "no pneumothorax", "stable mediastinum", "no effusion"],
 ]
 SPLIT = (4, 3)  # pairs held by rank 0 and rank 1
+# Location-swapped copies (loss.swap_negatives); None where a report names no side or zone.
+SWAPPED = [
+    ["left upper lobe pneumothorax", "no effusion"],
+    ["small right pleural effusion"],
+    None,
+    ["right lower zone nodule measuring two centimetres"],
+    None,
+    None,
+    ["left middle zone opacity concerning for pneumonia", "no pneumothorax", "stable mediastinum", "no effusion"],
+]
 
 
 def _torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A hung run (one rank waiting in a collective the other never joins): SIGTERM lets
+            # torchrun stop its workers, which run in sessions of their own, before it exits.
+            process.terminate()
+            stdout, stderr = process.communicate(timeout=60)
+            raise AssertionError(f"torchrun did not finish in {timeout} s:\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _tiny_config():
@@ -47,10 +68,15 @@ def _tiny_config():
     return config
 
 
-def _gradient_worker(out: Path) -> None:
-    """Run under torchrun: DDP + gathered loss on rank-local rows; rank 0 adds the 1-process reference."""
+def _gradient_worker(out: Path, swap: bool) -> None:
+    """Run under torchrun: DDP + gathered loss on rank-local rows; rank 0 adds the 1-process reference.
+
+    With ``swap`` each image also has its location-swapped report as a negative (gathered with
+    :func:`gather_negatives`), tokenized after the true reports as the trainer's collate does.
+    """
     from afloc_models.model import AFLoc
-    from afloc_training.distributed import gather_features, init_distributed, shutdown
+    from afloc_training.distributed import gather_features, gather_negatives, init_distributed, shutdown
+    from afloc_training.trainer import _split_rows
     from afloc_training.trainer import _Encoders, freeze_unused
 
     ctx = init_distributed("cpu")
@@ -65,16 +91,31 @@ def _gradient_worker(out: Path) -> None:
     start = sum(SPLIT[: ctx.rank])
     rows = slice(start, start + SPLIT[ctx.rank])
 
+    valid = torch.tensor([s is not None for s in SWAPPED])
+    negative_texts = [s or r for s, r in zip(SWAPPED, REPORTS)]  # placeholders where invalid
     encoders = torch.nn.parallel.DistributedDataParallel(_Encoders(model))
-    image, text = encoders(images[rows], model.tokenize(REPORTS[rows]))
-    image, text = gather_features(ctx, image, text)
-    losses = model.compute_loss(image, text)
+    if swap:
+        image, text = encoders(images[rows], model.tokenize(REPORTS[rows] + negative_texts[rows]))
+        text, negatives = _split_rows(text, SPLIT[ctx.rank])
+        image, text = gather_features(ctx, image, text)
+        negatives, gathered_valid = gather_negatives(ctx, negatives, valid[rows])
+        assert gathered_valid.tolist() == valid.tolist()
+        losses = model.compute_loss(image, text, negatives, gathered_valid)
+    else:
+        image, text = encoders(images[rows], model.tokenize(REPORTS[rows]))
+        image, text = gather_features(ctx, image, text)
+        losses = model.compute_loss(image, text)
     losses.total.backward()
 
     local_grads = _local_loss_grads(model, encoders, images[rows], REPORTS[rows])
 
     if ctx.is_main:
-        full = reference.compute_loss(reference.encode_image(images), reference.encode_text(reference.tokenize(REPORTS)))
+        extra = ()
+        if swap:
+            extra = (reference.encode_text(reference.tokenize(negative_texts)), valid)
+        full = reference.compute_loss(
+            reference.encode_image(images), reference.encode_text(reference.tokenize(REPORTS)), *extra
+        )
         full.total.backward()
         torch.save(
             {
@@ -104,9 +145,10 @@ def _local_loss_grads(model, encoders, images, reports) -> dict[str, torch.Tenso
 
 
 @pytest.mark.slow
-def test_two_process_gradient_equals_one_process_full_batch(tmp_path):
+@pytest.mark.parametrize("swap", [False, True], ids=["plain", "swap_negatives"])
+def test_two_process_gradient_equals_one_process_full_batch(tmp_path, swap):
     out = tmp_path / "grads.pt"
-    result = _torchrun(str(Path(__file__)), str(out))
+    result = _torchrun(str(Path(__file__)), str(out), *(["swap"] if swap else []))
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(out, weights_only=True)
     assert saved["world_size"] == 2 and saved["rows"] == sum(SPLIT)
@@ -130,15 +172,24 @@ def test_two_process_gradient_equals_one_process_full_batch(tmp_path):
     assert max(error(local[n], n) / (float(ref[n].abs().max()) + 1e-12) for n in local) > 0.05
 
 
-def _torchrun_tiny_training(tmp_path: Path, steps: int, extra_config: str = "", *options: str):
-    """``afloc-train`` under torchrun (2 processes) on 12 tiny phantoms with a tiny ``small`` config."""
+def _torchrun_tiny_training(
+    tmp_path: Path, steps: int, extra_config: str = "", *options: str, reports: Optional[list[str]] = None
+):
+    """``afloc-train`` under torchrun (2 processes) on 12 tiny phantoms with a tiny ``small`` config.
+
+    ``reports``: replace the phantoms' reports (one per pair; as many pairs as reports) and train
+    on all of them, none held out for validation.
+    """
     from afloc_training.phantoms import write_phantom_datastore
 
-    write_phantom_datastore(tmp_path / "data", 12, seed=0, size=64)
+    data = tmp_path / "data"
+    write_phantom_datastore(data, len(reports) if reports else 12, seed=0, size=64)
+    for index, report in enumerate(reports or []):
+        (data / f"phantom_{index:05d}.txt").write_text(report + "\n")
     config = tmp_path / "tiny.yaml"
     config.write_text(
         "base: small\nembed_dim: 32\noptim: {batch_size: 4, warmup_steps: 1, text_lr_scale: 0.0}\n"
-        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n" + extra_config
+        f"data: {{resize: 72, crop: 64, num_workers: 0, val_fraction: {0.0 if reports else 0.2}}}\n" + extra_config
     )
     return _torchrun(
         "-m", "afloc_training.cli", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "ckpt"),
@@ -160,14 +211,22 @@ def test_torchrun_two_processes_train_and_write_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_refuses_location_swapped_negatives_with_a_clear_error(tmp_path):
-    result = _torchrun_tiny_training(tmp_path, 2, "loss: {swap_negatives: true}\n")
-    assert result.returncode != 0
-    # Each worker exits with one line naming the setting (torchrun then reports the failed child
-    # with its own launcher traceback, which is not ours).
-    assert "afloc-train: error: loss.swap_negatives works in a single process only" in result.stderr
-    assert "afloc_training/" not in result.stderr
+def test_torchrun_trains_with_location_swapped_negatives(tmp_path):
+    """Two processes with ``loss.swap_negatives``: every step gathers the swapped copies too, and
+    a rank whose rows have none to swap joins the gather with placeholders (else it would hang).
+
+    Eight pairs, one of them with a side to swap, two pairs per rank per step, two steps: the
+    epoch sees every pair once, so exactly one step has one rank with a copy and one without.
+    """
+    from afloc_models.model import AFLoc
+
+    reports = ["Right lower lobe nodule."] + ["Cardiomegaly. No pleural effusion."] * 7
+    result = _torchrun_tiny_training(tmp_path, 2, "loss: {swap_negatives: true}\n", reports=reports)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "completed after 2 steps" in result.stdout
+    model = AFLoc.from_pretrained(tmp_path / "ckpt")
+    assert model.config.loss.swap_negatives and model.meta["training"]["world_size"] == 2
 
 
 if __name__ == "__main__":
-    _gradient_worker(Path(sys.argv[1]))
+    _gradient_worker(Path(sys.argv[1]), swap=sys.argv[2:] == ["swap"])
