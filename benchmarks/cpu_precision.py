@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from afloc_models.model import AFLoc  # noqa: E402
 from afloc_training.trainer import native_cpu_bf16  # noqa: E402
-from benchmarks.common import summarize  # noqa: E402
+from benchmarks.common import cpu_model, summarize  # noqa: E402
 
 REPORTS = (
     ["small right pleural effusion", "left lower lobe atelectasis"],
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(step(name == "bf16"))
     result = {
         "benchmark": "cpu_precision",
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "machine": {"platform": platform.platform(), "processor": cpu_model() or platform.machine(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "native_bf16": native_cpu_bf16()},
         "shape": {"batch": args.batch, "size": args.size, "config": "small"},

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from afloc_models.config import preset  # noqa: E402
 from afloc_models.model import AFLoc  # noqa: E402
-from benchmarks.common import bert_base_folder  # noqa: E402
+from benchmarks.common import bert_base_folder, cpu_model  # noqa: E402
 from benchmarks.published_way import published_step_loss  # noqa: E402
 
 WORDS = (
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "train_step",
-        "device": torch.cuda.get_device_name(device) if gpu else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if gpu else f"cpu ({cpu_model() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "shape": {
             "batch": batch, "image_size": size, "arch": config.image.arch, "text": "bert-base (random init)",
