@@ -1,10 +1,11 @@
 """Data-parallel training under ``torchrun`` (2 CPU processes, gloo).
 
-Two checks: ``afloc-train`` under ``torchrun --nproc_per_node=2`` trains and writes a loadable
-checkpoint, and the gathered-feature loss gives each parameter exactly the gradient of one
-process running the whole global batch. The second check runs this very file under torchrun
-(see ``_gradient_worker``): rank 0 holds 4 pairs and rank 1 holds 3 whose reports have other
-word and sentence counts, so the row and length padding of the gather is exercised too.
+Two checks, each also with location-swapped negatives (``loss.swap_negatives``): ``afloc-train``
+under ``torchrun --nproc_per_node=2`` trains and writes a loadable checkpoint, and the
+gathered-feature loss gives each parameter exactly the gradient of one process running the whole
+global batch. The second check runs this very file under torchrun (see ``_gradient_worker``):
+rank 0 holds 4 pairs and rank 1 holds 3 whose reports have other word and sentence counts, so the
+row and length padding of the gather is exercised too.
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ def _gradient_worker(out: Path, swap: bool) -> None:
     """
     from afloc_models.model import AFLoc
     from afloc_training.distributed import gather_features, gather_negatives, init_distributed, shutdown
-    from afloc_training.trainer import _split_rows
-    from afloc_training.trainer import _Encoders, freeze_unused
+    from afloc_training.trainer import _Encoders, _split_rows, freeze_unused
 
     ctx = init_distributed("cpu")
     torch.manual_seed(0)
