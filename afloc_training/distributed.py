@@ -139,9 +139,7 @@ def gather_features(
     """
     if not ctx.is_distributed:
         return image, text
-    table = gather_sizes(ctx, image.global_.shape[0], text.words.shape[2], text.sentences.shape[2])
-    rows = [int(r) for r in table[:, 0].tolist()]
-    max_words, max_sentences = (int(v) for v in table[:, 1:].max(dim=0).values.tolist())
+    rows, max_words, max_sentences = _text_sizes(ctx, text)
     gathered_image = ImageFeatures(
         shallow=_gather_rows(ctx, image.shallow, rows),
         deep=_gather_rows(ctx, image.deep, rows),
@@ -167,11 +165,16 @@ def gather_negatives(
     """
     if not ctx.is_distributed:
         return negatives, valid
-    table = gather_sizes(ctx, negatives.report.shape[0], negatives.words.shape[2], negatives.sentences.shape[2])
-    rows = [int(r) for r in table[:, 0].tolist()]
-    max_words, max_sentences = (int(v) for v in table[:, 1:].max(dim=0).values.tolist())
+    rows, max_words, max_sentences = _text_sizes(ctx, negatives)
     flags = _gather_rows(ctx, valid.to(ctx.device, torch.uint8), rows, differentiable=False)
     return _gather_text(ctx, negatives, rows, max_words, max_sentences), flags.bool()
+
+
+def _text_sizes(ctx: DistContext, text: TextFeatures) -> tuple[list[int], int, int]:
+    """Every rank's row count, and the largest word and sentence counts over the ranks."""
+    table = gather_sizes(ctx, text.report.shape[0], text.words.shape[2], text.sentences.shape[2])
+    max_words, max_sentences = (int(v) for v in table[:, 1:].max(dim=0).values.tolist())
+    return [int(r) for r in table[:, 0].tolist()], max_words, max_sentences
 
 
 def _gather_text(
