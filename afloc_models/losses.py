@@ -222,6 +222,10 @@ def _chunk_scores(
         # Each word attends over the regions by its scaled inner product alone: the same
         # quantity the heatmap reads, so training shapes the map a single prompt produces.
         attn = torch.softmax(sim * (d**-0.5), dim=1)
+    elif attention == "regions_cosine":
+        # The same over the cosine similarity: a fixed sharpness (temp1), whatever the norms.
+        norms = regions.norm(dim=1)[:, :, None, None] * texts_dtl.norm(dim=0)[None, None]  # [C, N, Bt, L]
+        attn = torch.softmax(sim / norms.clamp(min=_EPS) * temp1, dim=1)
     else:
         # Each region's attention over the valid words of the text ...
         attn = torch.softmax(sim.masked_fill(~valid[None, None], float("-inf")), dim=3)

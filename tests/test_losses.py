@@ -128,12 +128,35 @@ def test_region_attention_finds_the_region_a_single_prompt_points_at():
     torch.testing.assert_close(words_first.view(1), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["regions", "regions_cosine"])
 @pytest.mark.parametrize("chunk", [0, 2])
-def test_region_attention_chunks_agree_and_unknown_attention_is_refused(chunk):
+def test_region_attention_chunks_agree_and_unknown_attention_is_refused(chunk, attention):
     torch.manual_seed(1)
     image, text, lengths = torch.randn(4, 8, 3, 3), torch.randn(4, 8, 5), torch.tensor([5, 3, 2, 1])
-    whole = local_score_matrix(image, text, lengths, chunk_size=0, attention="regions")
-    torch.testing.assert_close(local_score_matrix(image, text, lengths, chunk_size=chunk, attention="regions"), whole)
+    whole = local_score_matrix(image, text, lengths, chunk_size=0, attention=attention)
+    torch.testing.assert_close(local_score_matrix(image, text, lengths, chunk_size=chunk, attention=attention), whole)
     assert not torch.allclose(whole, local_score_matrix(image, text, lengths, chunk_size=0))
     with pytest.raises(ValueError, match="attention"):
         local_score_matrix(image, text, lengths, attention="sideways")
+
+
+def test_cosine_region_attention_is_blind_to_region_norms_and_sharpened_by_temp1():
+    # Region 5 points along the sentence but is short; region 9 is long and points elsewhere.
+    # Attention by the inner product is drawn to the long region; by the cosine (regions_cosine)
+    # it pools region 5 whatever the norms, and temp1 sets how sharply.
+    torch.manual_seed(2)
+    d, n = 32, 16
+    text = F.normalize(torch.randn(1, d, 1), dim=1)
+    other = F.normalize(torch.randn(d), dim=0)
+    other = F.normalize(other - (other @ text[0, :, 0]) * text[0, :, 0], dim=0)  # orthogonal to the text
+    regions = 0.05 * torch.randn(1, d, n)
+    regions[0, :, 5] = 2.0 * text[0, :, 0]
+    regions[0, :, 9] = 40.0 * (0.6 * text[0, :, 0] + 0.8 * other)
+    image, lengths = regions.view(1, d, 4, 4), torch.tensor([1])
+    temp2 = 5.0
+    by_cosine = float(local_score_matrix(image, text, lengths, temp1=20.0, chunk_size=0, attention="regions_cosine"))
+    by_dot = float(local_score_matrix(image, text, lengths, chunk_size=0, attention="regions"))
+    assert by_cosine / temp2 > 0.95  # context = region 5, cosine ~1
+    assert by_dot / temp2 < 0.7  # context pulled to region 9 (cosine 0.6)
+    soft = float(local_score_matrix(image, text, lengths, temp1=1.0, chunk_size=0, attention="regions_cosine"))
+    assert soft < by_cosine  # a flatter softmax mixes in the other regions
