@@ -520,3 +520,24 @@ def test_prompts_times_pixels_is_bounded(fresh, monkeypatch):
     assert len(fresh.localize(image, ["effusion", "nodule"]).results) == 2
     with pytest.raises(PromptError, match=r"3 prompts on a 90x260 image need 70200 heatmap pixels.*fewer prompts"):
         fresh.localize(image, ["effusion", "nodule", "opacity"])
+
+
+def test_auto_similarity_reads_maps_the_way_training_attended():
+    # A checkpoint trained with cosine attention over regions reads cosine maps by default, the
+    # recipe's (inner-product attention) reads dot maps; an explicit choice is kept as given.
+    from afloc_models.inference.heatmap import HeatmapSettings, deep_similarity
+
+    cosine_config = preset("small")
+    cosine_config.loss.local_attention = "regions_cosine"
+    torch.manual_seed(0)
+    assert AFLocPredictor(AFLoc(cosine_config), device="cpu").settings.similarity == "cosine"
+    torch.manual_seed(0)
+    recipe = AFLoc(preset("small"))
+    assert AFLocPredictor(recipe, device="cpu").settings.similarity == "dot"
+    explicit = AFLocPredictor(recipe, device="cpu", settings=HeatmapSettings(similarity="cosine"))
+    assert explicit.settings.similarity == "cosine"
+    image = _image((96, 96), seed=5)
+    by_dot = AFLocPredictor(recipe, device="cpu").localize(image, "left pleural effusion")[0].heatmap
+    assert not np.allclose(explicit.localize(image, "left pleural effusion")[0].heatmap, by_dot)
+    with pytest.raises(ConfigError, match="auto"):
+        deep_similarity(torch.zeros(4, 2, 2), torch.zeros(1, 4), "auto")

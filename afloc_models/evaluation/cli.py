@@ -354,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="zero",
         help="an empty predicted mask scores 0 (zero, default) or is left out (drop)",
     )
-    parser.add_argument("--similarity", choices=("dot", "cosine"), default="dot", help="feature similarity of the maps")
+    parser.add_argument(
+        "--similarity", choices=("auto", "dot", "cosine"), default="auto",
+        help="feature similarity of the maps (auto: the one the checkpoint was trained with)",
+    )
     parser.add_argument("--level", choices=("deep", "shallow", "fused"), default="deep", help="feature level")
     parser.add_argument(
         "--recipe",
@@ -449,7 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "heatmap_normalisation": "min-max to [-1, 1] per image and prompt",
                 "thresholds": list(args.thresholds),
                 "empty_prediction": args.empty,
-                "similarity": args.similarity,
+                "similarity": predictor.settings.similarity,
                 "level": args.level,
                 "recipe": predictor.settings.recipe,
                 "aggregation": "mean per category, then mean across categories",

@@ -66,9 +66,11 @@ Recipe = Literal["auto", "project", "published"]
 RECIPES: tuple[str, ...] = ("auto", "project", "published")
 #: Smoothing of the published recipe, in feature-grid cells (``eval/common.py``'s sigma).
 PUBLISHED_SIGMA_CELLS = 1.5
-Similarity = Literal["cosine", "dot"]
+Similarity = Literal["auto", "cosine", "dot"]
+#: What a similarity map is computed by, once ``auto`` is resolved (by the predictor).
+MapSimilarity = Literal["cosine", "dot"]
 LEVELS: tuple[str, ...] = ("deep", "shallow", "fused")
-SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
+SIMILARITIES: tuple[str, ...] = ("auto", "cosine", "dot")
 BOX_SCORES: tuple[str, ...] = ("max", "mean")
 
 #: Default mask threshold on the ``[-1, 1]``-normalised heatmap.
@@ -85,7 +87,9 @@ class HeatmapSettings:
         level: ``deep`` (publication: deep local features vs the sentence embedding),
             ``shallow`` (mean over words of shallow local features vs each word) or ``fused``.
         fused_weights: ``(deep, shallow)`` weights of the ``fused`` level.
-        similarity: ``dot`` (raw inner product, as the training attention) or ``cosine``.
+        similarity: ``dot`` (raw inner product), ``cosine`` or ``auto`` (the predictor picks
+            the one the checkpoint's training attention scored regions by: ``cosine`` for
+            ``loss.local_attention: regions_cosine``, ``dot`` otherwise).
         sigma_cells: Gaussian smoothing sigma in deep-feature cells (16 input pixels for a
             ResNet); 0 disables smoothing.
         threshold: mask threshold on the ``[-1, 1]`` heatmap.
@@ -97,7 +101,7 @@ class HeatmapSettings:
 
     level: Level = "deep"
     fused_weights: tuple[float, float] = (0.5, 0.5)
-    similarity: Similarity = "dot"
+    similarity: Similarity = "auto"
     sigma_cells: float = 0.5
     threshold: float = DEFAULT_THRESHOLD
     box_score: Literal["max", "mean"] = "max"
@@ -158,7 +162,7 @@ class Box:
 # --------------------------------------------------------------------------------------------
 
 
-def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: Similarity = "dot") -> torch.Tensor:
+def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: MapSimilarity = "dot") -> torch.Tensor:
     """Similarity of every deep local feature with every prompt's sentence embedding.
 
     Args:
@@ -168,6 +172,7 @@ def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: Sim
     Returns:
         ``[P, h, w]`` float32.
     """
+    _check_map_similarity(similarity)
     regions = deep.flatten(1).float()  # [D, N]
     queries = sentences.float()
     if similarity == "cosine":
@@ -176,8 +181,16 @@ def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: Sim
     return (queries @ regions).view(queries.shape[0], *deep.shape[1:])
 
 
+def _check_map_similarity(similarity: str) -> None:
+    if similarity not in ("cosine", "dot"):
+        raise ConfigError(
+            f"a similarity map is computed by 'cosine' or 'dot', got {similarity!r} "
+            "('auto' is resolved by AFLocPredictor from the checkpoint)"
+        )
+
+
 def shallow_similarity(
-    shallow: torch.Tensor, words: torch.Tensor, n_words: torch.Tensor, similarity: Similarity = "dot"
+    shallow: torch.Tensor, words: torch.Tensor, n_words: torch.Tensor, similarity: MapSimilarity = "dot"
 ) -> torch.Tensor:
     """Mean over each prompt's words of the word-to-region similarity.
 
@@ -189,6 +202,7 @@ def shallow_similarity(
     Returns:
         ``[P, h, w]`` float32.
     """
+    _check_map_similarity(similarity)
     regions = shallow.flatten(1).float()  # [D, N]
     words = words.float()
     if similarity == "cosine":

@@ -356,6 +356,9 @@ class AFLocPredictor:
         settings = settings or HeatmapSettings()
         if settings.recipe == "auto":
             settings = dataclasses.replace(settings, recipe=self.compat)
+        if settings.similarity == "auto":
+            trained_by = "cosine" if self.config.loss.local_attention == "regions_cosine" else "dot"
+            settings = dataclasses.replace(settings, similarity=trained_by)
         self.settings = settings
         self.batch_size = int(batch_size)
         self.model_version = str(model.meta.get("version", "unknown"))
