@@ -213,24 +213,42 @@ def _chunk_scores(
     Intermediates are laid out ``[C, N, Bt, L]`` / ``[C, D, Bt, L]``: exactly what the two
     matrix products produce, so no permuted copies of the large tensors are made.
     """
-    c, d, n = regions.shape
-    t, _, l = texts.shape
+    d = regions.shape[1]
     texts_dtl = texts.permute(1, 0, 2)  # [D, Bt, L]
+    if attention == "regions_cosine":
+        # Cosines of every region with every word, one GEMM of unit vectors: [C, N, Bt, L]; then
+        # a softmax over regions of a fixed sharpness (temp1), whatever the feature norms.
+        unit = _pair_products(F.normalize(regions, dim=1, eps=_EPS), F.normalize(texts_dtl, dim=0, eps=_EPS))
+        attn = torch.softmax(unit * temp1, dim=1)
+        return _attended_scores(regions, texts_dtl, attn, valid, temp2)
     # Region-word dot products for every pair, one GEMM: [C, N, Bt, L].
-    sim = (regions.transpose(1, 2).reshape(c * n, d) @ texts_dtl.reshape(d, t * l)).view(c, n, t, l)
+    sim = _pair_products(regions, texts_dtl)
     if attention == "regions":
         # Each word attends over the regions by its scaled inner product alone: the same
         # quantity the heatmap reads, so training shapes the map a single prompt produces.
         attn = torch.softmax(sim * (d**-0.5), dim=1)
-    elif attention == "regions_cosine":
-        # The same over the cosine similarity: a fixed sharpness (temp1), whatever the norms.
-        norms = regions.norm(dim=1)[:, :, None, None] * texts_dtl.norm(dim=0)[None, None]  # [C, N, Bt, L]
-        attn = torch.softmax(sim / norms.clamp(min=_EPS) * temp1, dim=1)
     else:
         # Each region's attention over the valid words of the text ...
         attn = torch.softmax(sim.masked_fill(~valid[None, None], float("-inf")), dim=3)
         # ... then each word's attention over regions, sharpened by temp1.
         attn = torch.softmax(attn * temp1, dim=1)
+    return _attended_scores(regions, texts_dtl, attn, valid, temp2)
+
+
+def _pair_products(regions: torch.Tensor, texts_dtl: torch.Tensor) -> torch.Tensor:
+    """Inner products of regions ``[C, D, N]`` with words ``[D, Bt, L]`` -> ``[C, N, Bt, L]``."""
+    c, d, n = regions.shape
+    _, t, l = texts_dtl.shape
+    return (regions.transpose(1, 2).reshape(c * n, d) @ texts_dtl.reshape(d, t * l)).view(c, n, t, l)
+
+
+def _attended_scores(
+    regions: torch.Tensor, texts_dtl: torch.Tensor, attn: torch.Tensor, valid: torch.Tensor, temp2: float
+) -> torch.Tensor:
+    """Each word against its attended context (``attn`` ``[C, N, Bt, L]`` over regions), cosines
+    aggregated over the valid words by a log-sum-exp sharpened by ``temp2`` -> ``[C, Bt]``."""
+    c, d, n = regions.shape
+    _, t, l = texts_dtl.shape
     context = torch.bmm(regions, attn.reshape(c, n, t * l)).view(c, d, t, l)  # [C, D, Bt, L]
     cos = (context * texts_dtl).sum(dim=1) / (context.norm(dim=1) * texts_dtl.norm(dim=0)).clamp(min=_EPS)
     cos = (temp2 * cos).masked_fill(~valid.unsqueeze(0), float("-inf"))  # [C, Bt, L]
