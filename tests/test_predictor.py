@@ -533,11 +533,12 @@ def test_auto_similarity_reads_maps_the_way_training_attended():
     assert AFLocPredictor(AFLoc(cosine_config), device="cpu").settings.similarity == "cosine"
     torch.manual_seed(0)
     recipe = AFLoc(preset("small"))
-    assert AFLocPredictor(recipe, device="cpu").settings.similarity == "dot"
+    default = AFLocPredictor(recipe, device="cpu")
+    assert default.settings.similarity == "dot"
     explicit = AFLocPredictor(recipe, device="cpu", settings=HeatmapSettings(similarity="cosine"))
     assert explicit.settings.similarity == "cosine"
     image = _image((96, 96), seed=5)
-    by_dot = AFLocPredictor(recipe, device="cpu").localize(image, "left pleural effusion")[0].heatmap
+    by_dot = default.localize(image, "left pleural effusion")[0].heatmap
     assert not np.allclose(explicit.localize(image, "left pleural effusion")[0].heatmap, by_dot)
     with pytest.raises(ConfigError, match="auto"):
         deep_similarity(torch.zeros(4, 2, 2), torch.zeros(1, 4), "auto")

@@ -70,7 +70,8 @@ Similarity = Literal["auto", "cosine", "dot"]
 #: What a similarity map is computed by, once ``auto`` is resolved (by the predictor).
 MapSimilarity = Literal["cosine", "dot"]
 LEVELS: tuple[str, ...] = ("deep", "shallow", "fused")
-SIMILARITIES: tuple[str, ...] = ("auto", "cosine", "dot")
+MAP_SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
+SIMILARITIES: tuple[str, ...] = ("auto",) + MAP_SIMILARITIES
 BOX_SCORES: tuple[str, ...] = ("max", "mean")
 
 #: Default mask threshold on the ``[-1, 1]``-normalised heatmap.
@@ -182,9 +183,9 @@ def deep_similarity(deep: torch.Tensor, sentences: torch.Tensor, similarity: Map
 
 
 def _check_map_similarity(similarity: str) -> None:
-    if similarity not in ("cosine", "dot"):
+    if similarity not in MAP_SIMILARITIES:
         raise ConfigError(
-            f"a similarity map is computed by 'cosine' or 'dot', got {similarity!r} "
+            f"a similarity map is computed by {' or '.join(map(repr, MAP_SIMILARITIES))}, got {similarity!r} "
             "('auto' is resolved by AFLocPredictor from the checkpoint)"
         )
 
