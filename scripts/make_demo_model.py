@@ -57,7 +57,7 @@ def training_log_rows(log_dir: Path) -> list[dict[str, Any]]:
     for tag in LOG_TAGS:
         for event in events.Scalars(f"train/{tag}"):
             rows.setdefault(event.step, {"step": event.step})[tag] = event.value
-    for event in events.Scalars("val/loss"):
+    for event in events.Scalars("val/loss") if "val/loss" in events.Tags()["scalars"] else []:
         rows.setdefault(event.step, {"step": event.step})["val_loss"] = event.value
     return [rows[step] for step in sorted(rows)]
 
