@@ -9,6 +9,8 @@ Runs the recipe's two commands (``afloc-phantoms`` then ``afloc-train``, exactly
   MiniLM), with the recipe, the training set's content digest and the final validation loss;
 - ``training_log.csv``: every step's losses, learning rate and gradient norm, and each epoch's
   validation loss (``tests/test_demo_model.py`` reruns the recipe's first steps against it);
+- ``training_backgrounds.csv``: the cxr-notes radiographs the training studies were drawn on,
+  with each one's licence and source (most are CC BY-NC-SA: see ``demo/model/README.md``);
 - ``evaluation.json``: pointing game, CNR, mIoU per finding with 95% bootstrap intervals on 200
   unseen plain phantoms (seed 2) and on the external sets (seed 7), which share no code with the
   training phantoms.
@@ -79,6 +81,26 @@ def read_training_log(path: Path) -> list[dict[str, Optional[float]]]:
         return [{k: (float(v) if v != "" else None) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+def write_background_sources(cxr_notes: Path, path: Path) -> int:
+    """List the radiographs the recipe draws findings on (id, licence, source); returns how many."""
+    from afloc_models.atomic import atomic_write_text
+    from afloc_training.phantoms.radiographs import find_backgrounds
+
+    with open(cxr_notes / "pairs.csv", newline="", encoding="utf-8") as handle:
+        rows = {row["id"]: row for row in csv.DictReader(handle)}
+    lines = ["id,license,source"]
+    for background in find_backgrounds(cxr_notes, build_demo.TRAIN_PHANTOM_SIZE):
+        row = rows[background.name]
+        source = f"https://doi.org/{row['source_doi']}" if row.get("source_doi") else row.get("source_url", "")
+        lines.append(",".join(_csv_cell(v) for v in (background.name, row.get("license", ""), source)))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return len(lines) - 1
+
+
+def _csv_cell(value: str) -> str:
+    return f'"{value.replace(chr(34), chr(34) * 2)}"' if any(c in value for c in ',"\n') else value
+
+
 def evaluate(checkpoint: Path, work: Path, cxr_notes: Path) -> dict[str, Any]:
     """Protocol metrics of ``checkpoint`` on the in-domain test phantoms and the external sets."""
     from afloc_models.evaluation.cli import evaluate as evaluate_cases
@@ -145,13 +167,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     training = {**model_meta.get("training", {}), "data": build_demo.recipe_text(), "data_sha256": data_digest}
     compact = export_compact(trained, work / "compact", meta={"training": training, "recipe": build_demo.recipe()})
     write_training_log(rows, compact / "training_log.csv")
+    write_background_sources(args.cxr_notes.resolve(), compact / "training_backgrounds.csv")
     results = evaluate(trained, work / "eval", args.cxr_notes.resolve())
     (compact / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     args.out.mkdir(parents=True, exist_ok=True)
     # Weights first and meta.json (which records the weights' digest) last: an interrupted copy
     # leaves a folder that expand_compact refuses with a clear message, never a silent mix.
-    for name in (COMPACT_WEIGHTS, CONFIG_FILE, "training_log.csv", "evaluation.json", META_FILE):
+    for name in (COMPACT_WEIGHTS, CONFIG_FILE, "training_log.csv", "training_backgrounds.csv", "evaluation.json",
+                 META_FILE):
         atomic_copy(compact / name, args.out / name)
     build_demo.log(f"demo model written to {args.out} (scratch kept in {work}); update {args.out / 'README.md'}")
     return 0
