@@ -11,8 +11,10 @@ Not a test: it trains for minutes. The default run (2-core CPU)::
 3. Evaluates the checkpoint on the test set with :class:`AFLocPredictor` and the protocol metrics
    of :mod:`afloc_models.evaluation` (heatmap min-max normalised to [-1, 1]; pointing game, CNR,
    IoU / Dice at thresholds 0.1 ... 0.5; means per finding, then across findings), once per
-   heatmap similarity in ``--similarities`` (the predictor's default ``dot``, the inner product
-   the training attention uses, and ``cosine``).
+   heatmap similarity in ``--similarities`` (``dot``, the inner product, and ``cosine``) plus the
+   one the server reads this model's maps with (``similarity: auto``: ``cosine`` for a
+   ``regions_cosine`` model, ``dot`` otherwise). That served similarity is the in-domain column
+   of the side-by-side table and the targets, and the only one scored on the external sets.
 4. Ablations, each from scratch with the shorter ``--ablation-minutes`` budget: the full loss at that
    budget (the reference), no word loss, no sentence loss, global loss only (weights set to 0).
 
@@ -170,9 +172,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         checkpoint = AFLoc.from_pretrained(args.checkpoint)
         results["config"] = checkpoint.config.to_dict()
-        metrics = _metrics_by_size(args, args.checkpoint, checkpoint.config, test_dir, ["dot"])
-        results["main"] = {"checkpoint": str(args.checkpoint), "meta": checkpoint.meta, "metrics": metrics}
-        results["main"]["external"] = _external_metrics(args, args.checkpoint)
+        served = _served_similarity(checkpoint.config)
+        metrics = _metrics_by_size(args, args.checkpoint, checkpoint.config, test_dir, [served])
+        results["main"] = {"checkpoint": str(args.checkpoint), "meta": checkpoint.meta, "metrics": metrics,
+                           "similarity": served}
+        results["main"]["external"] = _external_metrics(args, args.checkpoint, served)
         results["side_by_side"] = side_by_side(results["main"])
         results["generalization_targets"] = generalization_targets(results["main"])
         _write(args.work / "quality.json", results)
@@ -180,7 +184,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     results["grid_ceiling"] = {size: grid_ceiling(test_dir, base, size) for size in _infer_sizes(args, base)}
     results["main"] = _run(args, "main", base, train_dir, test_dir, args.minutes, curve_every=args.curve_every)
-    results["main"]["external"] = _external_metrics(args, Path(results["main"]["checkpoint"]))
+    results["main"]["external"] = _external_metrics(args, Path(results["main"]["checkpoint"]),
+                                                    results["main"]["similarity"])
     results["side_by_side"] = side_by_side(results["main"])
     results["generalization_targets"] = generalization_targets(results["main"])
     results["targets_met"] = {
@@ -214,16 +219,24 @@ def _external_sets(args) -> dict[str, Path]:
     return ready
 
 
-def _external_metrics(args, checkpoint: Path, bootstrap: Optional[int] = None) -> dict[str, Any]:
-    """Inner-product maps at the checkpoint's own inference size on every external set."""
+def _served_similarity(config: AFLocConfig) -> str:
+    """The map similarity the server reads this model's maps with (``similarity: auto``)."""
+    from afloc_models.inference.heatmap import trained_similarity
+
+    return trained_similarity(config.loss.local_attention)
+
+
+def _external_metrics(args, checkpoint: Path, similarity: str, bootstrap: Optional[int] = None) -> dict[str, Any]:
+    """Maps read as the server reads them (``similarity``), at the checkpoint's own inference
+    size, on every external set."""
     resamples = args.bootstrap if bootstrap is None else bootstrap
-    return {name: evaluate_checkpoint(checkpoint, path, args.level, "dot", resamples, args.seed)
+    return {name: evaluate_checkpoint(checkpoint, path, args.level, similarity, resamples, args.seed)
             for name, path in _external_sets(args).items()}
 
 
 def side_by_side(main: dict[str, Any]) -> dict[str, Any]:
     """Pointing game and CNR with 95% CIs per finding: in-domain phantoms next to each external set."""
-    columns = {"in_domain": main["metrics"]["dot"], **{f"external_{k}": v for k, v in main.get("external", {}).items()}}
+    columns = {"in_domain": main["metrics"][main["similarity"]], **{f"external_{k}": v for k, v in main.get("external", {}).items()}}
     findings = sorted({f for m in columns.values() for f in m["per_finding"]})
     table: dict[str, Any] = {}
     for finding in findings + ["overall"]:
@@ -243,7 +256,7 @@ def side_by_side(main: dict[str, Any]) -> dict[str, Any]:
 def generalization_targets(main: dict[str, Any]) -> dict[str, Any]:
     """Issue 13's targets checked on this run: each external set and in-domain."""
     out: dict[str, Any] = {"targets": {"external": EXTERNAL_TARGETS, "in_domain": IN_DOMAIN_TARGETS}}
-    inside = main["metrics"]["dot"]["overall"]
+    inside = main["metrics"][main["similarity"]]["overall"]
     out["in_domain"] = {k: bool((inside[k] or 0) >= v) for k, v in IN_DOMAIN_TARGETS.items()}
     for name, metrics in main.get("external", {}).items():
         overall = metrics["overall"]
@@ -330,9 +343,11 @@ def _run(
         print(f"[quality] warning: {name}: the hypervisor took {share['steal']:.0%} of this machine's CPU time "
               f"while it trained (steal); its step count and maps are not comparable with an idle "
               f"machine's", file=sys.stderr)
-    metrics = _metrics_by_size(args, out, config, test_dir, _similarities(args))
+    served = _served_similarity(config)
+    metrics = _metrics_by_size(args, out, config, test_dir, list(dict.fromkeys([served, *_similarities(args)])))
     summary = {
         "checkpoint": str(out),
+        "similarity": served,
         "loss_weights": {k: getattr(config.loss, k) for k in ("weight_word", "weight_sentence", "weight_global")},
         "train": {
             "budget_minutes": None if args.steps else minutes,
@@ -394,8 +409,9 @@ def _score_curve(args, snapshots: _Snapshots, test_dir: Path, history: list[dict
         # The validation loss of the last epoch that ended at or before this step.
         done = [s for s in val_by_step if s <= step]
         row: dict[str, Any] = {"step": step, "val_loss": val_by_step[max(done)] if done else None}
-        scored = {"in_domain": evaluate_checkpoint(folder, test_dir, args.level, "dot", 0, args.seed)}
-        scored.update({f"external_{k}": v for k, v in _external_metrics(args, folder, bootstrap=0).items()})
+        similarity = _served_similarity(AFLocConfig.from_yaml(folder / "config.yaml"))
+        scored = {"in_domain": evaluate_checkpoint(folder, test_dir, args.level, similarity, 0, args.seed)}
+        scored.update({f"external_{k}": v for k, v in _external_metrics(args, folder, similarity, bootstrap=0).items()})
         for column, metrics in scored.items():
             row[column] = {k: metrics["overall"][k] for k in ("pointing_game", "cnr")}
         curve.append(row)

@@ -20,6 +20,7 @@ def _metrics(pg: float, cnr: float, per: dict[str, tuple[int, float]]) -> dict:
 
 def test_side_by_side_lines_up_findings_and_sets():
     main = {
+        "similarity": "dot",
         "metrics": {"dot": _metrics(0.75, 2.4, {"nodule": (30, 0.8), "cardiomegaly": (20, 1.0)})},
         "external": {"synthetic": _metrics(0.62, 1.6, {"nodule": (40, 0.35), "cardiomegaly": (30, 0.9)}),
                      "real": _metrics(0.5, 1.2, {"nodule": (10, 0.4)})},
@@ -37,6 +38,22 @@ def test_side_by_side_lines_up_findings_and_sets():
     assert checks["external_synthetic"]["pointing_game"] and checks["external_synthetic"]["cnr"]
     assert checks["external_synthetic"]["worst_finding"] == {"finding": "nodule", "pointing_game": 0.35, "met": True}
     assert not checks["external_real"]["pointing_game"] and not checks["external_real"]["cnr"]
+
+
+def test_the_in_domain_column_is_the_served_similarity():
+    """A regions_cosine model is served with cosine maps: its in-domain column and targets use them."""
+    from afloc_models.config import AFLocConfig
+    from benchmarks.quality import _served_similarity
+
+    main = {
+        "similarity": "cosine",
+        "metrics": {"dot": _metrics(0.2, 0.5, {"nodule": (30, 0.2)}), "cosine": _metrics(0.75, 2.4, {"nodule": (30, 0.8)})},
+        "external": {},
+    }
+    assert side_by_side(main)["overall"]["in_domain"]["pointing_game"] == 0.75
+    assert generalization_targets(main)["in_domain"] == {"pointing_game": True, "cnr": True}
+    cosine = AFLocConfig.from_dict({"base": "small", "loss": {"local_attention": "regions_cosine"}})
+    assert (_served_similarity(cosine), _served_similarity(AFLocConfig.from_dict({"base": "small"}))) == ("cosine", "dot")
 
 
 def test_curve_snapshots_copy_each_saved_multiple(tmp_path):

@@ -64,6 +64,7 @@ from afloc_models.inference.heatmap import (
     shallow_similarity,
     square_heatmaps,
     threshold_mask,
+    trained_similarity,
 )
 from afloc_models.model import AFLoc
 from afloc_models.text_normalization import counterpart, is_negated, normalize_text
@@ -357,8 +358,7 @@ class AFLocPredictor:
         if settings.recipe == "auto":
             settings = dataclasses.replace(settings, recipe=self.compat)
         if settings.similarity == "auto":
-            trained_by = "cosine" if self.config.loss.local_attention == "regions_cosine" else "dot"
-            settings = dataclasses.replace(settings, similarity=trained_by)
+            settings = dataclasses.replace(settings, similarity=trained_similarity(self.config.loss.local_attention))
         self.settings = settings
         self.batch_size = int(batch_size)
         self.model_version = str(model.meta.get("version", "unknown"))
