@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,6 +80,29 @@ def test_first_start_expands_the_shipped_model_and_keeps_its_provenance(expanded
     shipped = read_compact_meta(SHIPPED)
     assert meta["trained_on"] == shipped["trained_on"] and meta["version"] == shipped["version"]
     assert not build_demo.is_stale_demo_checkpoint(expanded)
+
+
+@pytest.mark.skipif(not (CXR_NOTES / "pairs.csv").is_file(), reason="shared cxr-notes data not present")
+def test_the_demo_server_serves_the_shipped_model_on_a_real_radiograph(
+    build_demo, expanded, start_afloc_server, afloc_infer, tmp_path
+):
+    """start_demo.sh's datastore and checkpoint on a real server: /info names what the model was
+    trained on, and a prompt on the real radiograph cxr_0001 (right lower lobe pneumonia) peaks
+    on the patient's right (the image's left half), as the shipped model was measured to do."""
+    import requests
+
+    from tests.test_app_infer import fetch_heatmap
+
+    studies = tmp_path / "datastore"
+    assert build_demo.main(["--only", "datastore", "--datastore", str(studies), "--cxr-notes", str(CXR_NOTES)]) == 0
+    server = start_afloc_server(studies=studies, checkpoint=expanded)
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    assert info["trained_on"] == read_compact_meta(SHIPPED)["trained_on"]
+    reply = afloc_infer(server.url, image="cxr_0001", params={"prompt": "right lower lobe consolidation"})
+    assert reply.status == 200, reply.params
+    heat = fetch_heatmap(server.url, reply.params["heatmap"], tmp_path)
+    row, column = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    assert column < heat.shape[1] / 2, f"peak at column {column / heat.shape[1]:.2f}: the patient's left"
 
 
 def test_older_demo_checkpoints_are_replaced_and_others_are_not(build_demo, tmp_path):
