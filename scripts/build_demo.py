@@ -309,11 +309,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             log(f"datastore present: {args.datastore}")
     if args.only in (None, "checkpoint"):
-        stale = checkpoint_complete(args.checkpoint) and is_stale_demo_checkpoint(args.checkpoint)
+        stale = checkpoint_complete(args.checkpoint) and is_stale_demo_checkpoint(args.checkpoint, SHIPPED_MODEL)
         if stale and not args.retrain:
             log(f"{args.checkpoint} is an older demo model than the shipped one: replacing it")
         if args.force or stale or not checkpoint_complete(args.checkpoint):
-            build_checkpoint(args.checkpoint.resolve(), args.work, args.cxr_notes.resolve(), retrain=args.retrain)
+            from afloc_models.errors import AFLocError
+
+            try:
+                build_checkpoint(args.checkpoint.resolve(), args.work, args.cxr_notes.resolve(), retrain=args.retrain,
+                                 shipped=SHIPPED_MODEL)
+            except AFLocError as exc:  # e.g. a damaged shipped model or another MiniLM installed
+                log(f"cannot build the demo checkpoint: {exc}. To train one here instead (about 22 min): "
+                    "python scripts/build_demo.py --retrain --only checkpoint")
+                return 1
         else:
             log(f"checkpoint present: {args.checkpoint}")
     return 0

@@ -105,6 +105,21 @@ def test_the_demo_server_serves_the_shipped_model_on_a_real_radiograph(
     assert column < heat.shape[1] / 2, f"peak at column {column / heat.shape[1]:.2f}: the patient's left"
 
 
+def test_a_damaged_shipped_model_stops_the_first_start_with_a_message(build_demo, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    damaged = tmp_path / "model"
+    shutil.copytree(SHIPPED, damaged)
+    data = bytearray((damaged / "weights.safetensors").read_bytes())
+    data[-8] ^= 0xFF
+    (damaged / "weights.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(build_demo, "SHIPPED_MODEL", damaged)
+    status = build_demo.main(["--only", "checkpoint", "--checkpoint", str(tmp_path / "checkpoint")])
+    message = capsys.readouterr().err
+    assert status == 1 and "SHA-256 differs" in message and "--retrain" in message
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def test_older_demo_checkpoints_are_replaced_and_others_are_not(build_demo, tmp_path):
     def checkpoint(name: str, meta: dict) -> Path:
         folder = tmp_path / name
