@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the AFLoc Label demo: installs the environment if needed, builds the demo datastore and
-# checkpoint if missing (scripts/build_demo.py: a few minutes the first time), then runs the
+# checkpoint if missing (scripts/build_demo.py: about 15 s, the model ships in demo/model), then runs the
 # MONAI Label server on http://127.0.0.1:8000 (Slicer: MONAILabel or AFLoc module; for OHIF in the
 # browser use scripts/start_ohif_mode.sh, which serves the images over DICOMweb).
 #
