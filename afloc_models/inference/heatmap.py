@@ -59,6 +59,7 @@ __all__ = [
     "threshold_mask",
     "to_original_heatmap",
     "to_square",
+    "trained_similarity",
 ]
 
 Level = Literal["deep", "shallow", "fused"]
@@ -72,18 +73,18 @@ MapSimilarity = Literal["cosine", "dot"]
 LEVELS: tuple[str, ...] = ("deep", "shallow", "fused")
 MAP_SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
 SIMILARITIES: tuple[str, ...] = ("auto",) + MAP_SIMILARITIES
-
-
-def trained_similarity(local_attention: str) -> str:
-    """The map similarity a checkpoint trained with ``loss.local_attention`` scored regions by
-    (what ``similarity: auto`` resolves to): ``cosine`` for ``regions_cosine``, ``dot`` otherwise."""
-    return "cosine" if local_attention == "regions_cosine" else "dot"
 BOX_SCORES: tuple[str, ...] = ("max", "mean")
 
 #: Default mask threshold on the ``[-1, 1]``-normalised heatmap.
 DEFAULT_THRESHOLD = 0.3
 
 _EPS = 1e-8
+
+
+def trained_similarity(local_attention: str) -> MapSimilarity:
+    """The map similarity a checkpoint trained with ``loss.local_attention`` scored regions by
+    (what ``similarity: auto`` resolves to): ``cosine`` for ``regions_cosine``, ``dot`` otherwise."""
+    return "cosine" if local_attention == "regions_cosine" else "dot"
 
 
 @dataclass(frozen=True)
