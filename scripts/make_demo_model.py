@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.quality scores the model
 import build_demo  # noqa: E402  (the recipe's constants and commands live there)
 
 REPO_ROOT = build_demo.REPO_ROOT
@@ -88,27 +90,27 @@ def write_background_sources(cxr_notes: Path, path: Path) -> int:
 
     with open(cxr_notes / "pairs.csv", newline="", encoding="utf-8") as handle:
         rows = {row["id"]: row for row in csv.DictReader(handle)}
-    lines = ["id,license,source"]
-    for background in find_backgrounds(cxr_notes, build_demo.TRAIN_PHANTOM_SIZE):
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["id", "license", "source"])
+    backgrounds = find_backgrounds(cxr_notes, build_demo.TRAIN_PHANTOM_SIZE)
+    for background in backgrounds:
         row = rows[background.name]
         source = f"https://doi.org/{row['source_doi']}" if row.get("source_doi") else row.get("source_url", "")
-        lines.append(",".join(_csv_cell(v) for v in (background.name, row.get("license", ""), source)))
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return len(lines) - 1
-
-
-def _csv_cell(value: str) -> str:
-    return f'"{value.replace(chr(34), chr(34) * 2)}"' if any(c in value for c in ',"\n') else value
+        writer.writerow([background.name, row.get("license", ""), source])
+    atomic_write_text(path, table.getvalue())
+    return len(backgrounds)
 
 
 def evaluate(checkpoint: Path, work: Path, cxr_notes: Path) -> dict[str, Any]:
-    """Protocol metrics of ``checkpoint`` on the in-domain test phantoms and the external sets."""
-    from afloc_models.evaluation.cli import evaluate as evaluate_cases
-    from afloc_models.evaluation.cli import load_cases, summarize
+    """Protocol metrics of ``checkpoint`` on the in-domain test phantoms and the external sets,
+    scored as ``benchmarks/quality.py`` scores them, with the maps the server reads."""
+    from afloc_models.config import AFLocConfig
     from afloc_models.evaluation.external.writer import write_external_sets
-    from afloc_models.evaluation.metrics import DEFAULT_THRESHOLDS
-    from afloc_models.inference.predictor import AFLocPredictor
+    from afloc_models.inference.heatmap import trained_similarity
+    from afloc_models.model import CONFIG_FILE
     from afloc_training.phantoms import write_phantom_datastore
+    from benchmarks.quality import evaluate_checkpoint
 
     sets = {"in_domain": write_phantom_datastore(work / "test", TEST_PHANTOMS, TEST_SEED, style="plain",
                                                  backgrounds=None, real_fraction=0.0, overwrite=True,
@@ -116,31 +118,16 @@ def evaluate(checkpoint: Path, work: Path, cxr_notes: Path) -> dict[str, Any]:
     external = write_external_sets(work / "external", n=EXTERNAL_STUDIES, seed=EXTERNAL_SEED, cxr_notes=cxr_notes,
                                    overwrite=True)
     sets.update({f"external_{name}": path for name, path in external.items()})
-    predictor = AFLocPredictor.load(checkpoint, device="auto")
-    results: dict[str, Any] = {"similarity": predictor.settings.similarity, "input_size": predictor.input_size,
+    config = AFLocConfig.from_yaml(checkpoint / CONFIG_FILE)
+    similarity = trained_similarity(config.loss.local_attention)
+    results: dict[str, Any] = {"similarity": similarity, "input_size": config.data.inference_size,
                                "bootstrap_resamples": BOOTSTRAP}
     for name, folder in sets.items():
-        cases, _ = load_cases(folder)
-        records, skipped, _ = evaluate_cases(predictor, cases, thresholds=DEFAULT_THRESHOLDS, level="deep")
-        summary = summarize(records, DEFAULT_THRESHOLDS, bootstrap=BOOTSTRAP, seed=0)
-        results[name] = {"cases": len(records), "skipped": len(skipped), "overall": _pick(summary["overall"]),
-                         "per_finding": {c: {"n": e["n"], **_pick(e)} for c, e in summary["per_category"].items()}}
+        results[name] = evaluate_checkpoint(checkpoint, folder, "deep", similarity, BOOTSTRAP, seed=0)
         overall = results[name]["overall"]
-        build_demo.log(f"{name}: pointing game {overall['pointing_game']} CNR {overall['cnr']} ({len(records)} findings)")
+        build_demo.log(f"{name}: pointing game {overall['pointing_game']} CNR {overall['cnr']} "
+                       f"({results[name]['cases']} findings)")
     return results
-
-
-def _pick(entry: dict[str, Any]) -> dict[str, Any]:
-    picked = {k: _round(entry[k]["mean"]) for k in ("pointing_game", "cnr", "miou", "mdice")}
-    picked.update({f"{k}_ci95": [_round(entry[k]["ci95_low"]), _round(entry[k]["ci95_high"])]
-                   for k in ("pointing_game", "cnr")})
-    return picked
-
-
-def _round(value: Optional[float]) -> Optional[float]:
-    import math
-
-    return None if value is None or not math.isfinite(value) else round(float(value), 4)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -156,14 +143,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from afloc_models.atomic import atomic_copy
     from afloc_models.compact import COMPACT_WEIGHTS, export_compact
-    from afloc_models.model import CONFIG_FILE, META_FILE, AFLoc
+    from afloc_models.model import CONFIG_FILE, META_FILE
     from afloc_training.phantoms.digest import content_digest
 
     work = Path(tempfile.mkdtemp(prefix="afloc-demo-model-", dir=args.work))
     trained, logs = build_demo.train_with_recipe(work, args.cxr_notes.resolve())
     rows = training_log_rows(logs)
     data_digest = content_digest(work / "phantoms")
-    model_meta = AFLoc.from_pretrained(trained).meta
+    model_meta = json.loads((trained / META_FILE).read_text(encoding="utf-8"))
     training = {**model_meta.get("training", {}), "data": build_demo.recipe_text(), "data_sha256": data_digest}
     compact = export_compact(trained, work / "compact", meta={"training": training, "recipe": build_demo.recipe()})
     write_training_log(rows, compact / "training_log.csv")
