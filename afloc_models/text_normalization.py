@@ -9,6 +9,7 @@ Public API:
     normalize_text(text) -> str
     is_negated(normalized) -> bool
     counterpart(normalized) -> str
+    mirror_sides(normalized) -> str
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["counterpart", "is_negated", "normalize_text"]
+__all__ = ["SIDE_WORDS", "counterpart", "is_negated", "mirror_sides", "normalize_text"]
 
 # De-identification placeholders: MIMIC-CXR "___", MIMIC-II "[**Hospital1 18**]".
 _PLACEHOLDER = re.compile(r"_{2,}|\[\*\*.*?\*\*\]")
@@ -74,3 +75,16 @@ def counterpart(normalized: str) -> str:
     if there:
         return f"{there.group('lead')} no {there.group('rest')}"
     return f"no {normalized}"
+
+
+#: The side words a left-right mirror exchanges (each maps to the other).
+SIDE_WORDS: dict[str, str] = {"right": "left", "left": "right"}
+
+
+def mirror_sides(normalized: str) -> str:
+    """A normalised text as it reads on the left-right mirror of its image.
+
+    "right lower lobe consolidation" -> "left lower lobe consolidation"; a text without a side
+    word ("cardiomegaly", "bilateral pleural effusions") is returned unchanged.
+    """
+    return " ".join(SIDE_WORDS.get(word, word) for word in normalized.split())

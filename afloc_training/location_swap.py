@@ -17,11 +17,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from afloc_models.text_normalization import SIDE_WORDS
+
 __all__ = ["SWAPS", "swap_location"]
 
 #: Word exchanges by kind; each map is its own inverse.
 SWAPS: dict[str, dict[str, str]] = {
-    "side": {"right": "left", "left": "right"},
+    "side": dict(SIDE_WORDS),
     "zone": {
         "upper": "lower",
         "lower": "upper",
