@@ -207,3 +207,20 @@ def test_mask_boxes_components_scores_and_order():
 def test_settings_reject_bad_values(options):
     with pytest.raises(ConfigError):
         HeatmapSettings(**options)
+
+
+def test_mirror_average_cancels_a_fixed_left_right_offset():
+    from afloc_models.inference.heatmap import mirror_average
+
+    # A model whose map sits one cell right of the finding (column 5 -> 6) does so on the mirror
+    # too (mirrored column 10 -> 11, i.e. column 4 once mirrored back): the average is centred.
+    width = 16
+    cols = torch.arange(width, dtype=torch.float32)
+    maps = torch.exp(-((cols - 6.0) ** 2) / 2).expand(3, width)[None]
+    mirrored = torch.exp(-((cols - 11.0) ** 2) / 2).expand(3, width)[None]
+    averaged = mirror_average(maps, mirrored)
+    centre = float((averaged[0, 0] * cols).sum() / averaged[0, 0].sum())
+    assert centre == pytest.approx(5.0, abs=1e-4)
+    assert averaged.shape == maps.shape
+    with pytest.raises(ValueError, match="differ in shape"):
+        mirror_average(maps, mirrored[..., :-1])

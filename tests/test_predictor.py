@@ -542,3 +542,56 @@ def test_auto_similarity_reads_maps_the_way_training_attended():
     assert not np.allclose(explicit.localize(image, "left pleural effusion")[0].heatmap, by_dot)
     with pytest.raises(ConfigError, match="auto"):
         deep_similarity(torch.zeros(4, 2, 2), torch.zeros(1, 4), "auto")
+
+
+# ------------------------------------------------------------------------------ mirror averaging
+
+
+def test_mirror_sides_exchanges_whole_side_words_only():
+    from afloc_models.text_normalization import mirror_sides
+
+    assert mirror_sides("right lower lobe consolidation") == "left lower lobe consolidation"
+    assert mirror_sides("left apical pneumothorax") == "right apical pneumothorax"
+    assert mirror_sides("bilateral pleural effusions") == "bilateral pleural effusions"
+    assert mirror_sides("cardiomegaly") == "cardiomegaly"
+    assert mirror_sides("rightward shift") == "rightward shift"  # whole words only
+
+
+def test_mirror_auto_is_on_for_project_checkpoints_and_off_for_published(model):
+    assert AFLocPredictor(model, device="cpu").settings.mirror == "on"
+    assert AFLocPredictor(model, device="cpu", settings=HeatmapSettings(mirror="off")).settings.mirror == "off"
+    assert AFLocPredictor(model, device="cpu", settings=HeatmapSettings(recipe="published")).settings.mirror == "off"
+    forced = AFLocPredictor(model, device="cpu", settings=HeatmapSettings(recipe="published", mirror="on"))
+    assert forced.settings.mirror == "on"
+    with pytest.raises(ConfigError, match="mirror must be one of auto, on, off"):
+        HeatmapSettings(mirror="yes")
+
+
+def test_mirror_averaged_maps_are_left_right_equivariant(model):
+    # With mirror on, the map of "right ..." on an image is, exactly, the mirror of the map of
+    # "left ..." on the mirrored image: a fixed left-right offset cannot survive. Read once, an
+    # untrained model has no such symmetry.
+    image = _image((120, 200), seed=11)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    on = AFLocPredictor(model, device="cpu", settings=HeatmapSettings(mirror="on"))
+    off = AFLocPredictor(model, device="cpu", settings=HeatmapSettings(mirror="off"))
+    right = on.localize(image, "right lower lobe nodule", probability=False)[0].heatmap
+    left = on.localize(mirrored, "left lower lobe nodule", probability=False)[0].heatmap
+    np.testing.assert_allclose(right, left[:, ::-1], atol=1e-4)
+    once_right = off.localize(image, "right lower lobe nodule", probability=False)[0].heatmap
+    once_left = off.localize(mirrored, "left lower lobe nodule", probability=False)[0].heatmap
+    assert np.abs(once_right - once_left[:, ::-1]).max() > 0.05
+    # The averaged map is neither single read.
+    assert np.abs(right - once_right).max() > 0.01
+
+
+def test_mirror_encodes_each_image_once_with_its_mirror_in_one_call(model):
+    on = AFLocPredictor(model, device="cpu", settings=HeatmapSettings(mirror="on"))
+    image = _image(seed=12)
+    on.localize(image, ["right pleural effusion", "cardiomegaly"], probability=False)
+    # One encoder call for the image and its mirror; texts: the two prompts and "left pleural
+    # effusion" (the mirror of the first; "cardiomegaly" reads the same both ways).
+    assert on.encoder_counts.image_calls == 1 and on.encoder_counts.images == 1
+    assert on.encoder_counts.texts == 3
+    on.localize(image, "left pleural effusion", probability=False)  # cached image, cached text
+    assert on.encoder_counts.image_calls == 1 and on.encoder_counts.texts == 3

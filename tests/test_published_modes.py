@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from afloc_models.config import AFLocConfig, preset
 from afloc_models.imaging import Letterbox, letterbox, letterbox_published
+from afloc_models.inference.heatmap import HeatmapSettings
 from afloc_models.inference.predictor import AFLocPredictor
 from afloc_models.model import AFLoc
 
@@ -77,9 +78,11 @@ def test_preprocessing_and_heatmap(models):
     project, published = models
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 230), dtype=np.uint8)
-    pp = AFLocPredictor(project, device="cpu", input_size=128)
+    pp = AFLocPredictor(project, device="cpu", input_size=128, settings=HeatmapSettings(mirror="off"))
+    pm = AFLocPredictor(project, device="cpu", input_size=128)  # mirror auto: on for the project recipe
     pq = AFLocPredictor(published, device="cpu", input_size=128)
     assert (pp.settings.recipe, pq.settings.recipe) == ("project", "published")
+    assert (pm.settings.mirror, pq.settings.mirror) == ("on", "off")
     # Preprocessing: Pillow letterbox with a rounded short side vs 8-bit area letterbox, floored.
     sq_p, box_p = letterbox(image.astype(np.float32) / 255, 128)
     sq_q, box_q = letterbox_published(image.astype(np.float32) / 255, 128)
@@ -106,6 +109,16 @@ def test_preprocessing_and_heatmap(models):
     expect_q = F.interpolate(torch.from_numpy(smooth_q)[None, None], size=(128, 128), mode="bilinear")[0, 0].numpy()
     np.testing.assert_allclose(map_p, expect_p, rtol=1e-4, atol=1e-4 * np.abs(expect_p).max())
     np.testing.assert_allclose(map_q, expect_q, rtol=1e-4, atol=1e-4 * np.abs(expect_q).max())
+    # Mirror averaging: the grid map averaged with the mirrored square's grid map for the prompt
+    # with its side exchanged, mirrored back, then upsampled and smoothed as before.
+    (map_m,), _ = pm.square_heatmaps(image, [prompt])
+    with torch.no_grad():
+        deep_m = project.encode_image(x_p.flip(-1)).deep[0]
+        t_m = project.encode_text(project.tokenize(["right pleural effusion"]))
+    grid_m = torch.einsum("dhw,d->hw", deep_m, t_m.sentences[0, :, 0]).numpy()[:, ::-1]
+    up_m = F.interpolate(torch.from_numpy((grid_p + grid_m) / 2)[None, None], size=(128, 128), mode="bilinear")[0, 0].numpy()
+    expect_m = ndimage.gaussian_filter(up_m, sigma=0.5 * 128 / 16, mode="nearest", truncate=3.0)
+    np.testing.assert_allclose(map_m, expect_m, rtol=1e-4, atol=1e-4 * np.abs(expect_m).max())
 
 
 def test_training_sentences_published_vs_project():

@@ -45,17 +45,21 @@ from afloc_models.imaging import Letterbox
 __all__ = [
     "DEFAULT_THRESHOLD",
     "LEVELS",
+    "MIRRORS",
     "Box",
     "HeatmapSettings",
+    "Mirror",
     "deep_similarity",
     "fuse",
     "mask_boxes",
+    "mirror_average",
     "normalize_unit",
     "published_squares",
     "render_heatmaps",
+    "resolved_mirror",
     "shallow_similarity",
-    "square_heatmaps",
     "smooth",
+    "square_heatmaps",
     "threshold_mask",
     "to_original_heatmap",
     "to_square",
@@ -74,6 +78,8 @@ LEVELS: tuple[str, ...] = ("deep", "shallow", "fused")
 MAP_SIMILARITIES: tuple[str, ...] = ("cosine", "dot")
 SIMILARITIES: tuple[str, ...] = ("auto",) + MAP_SIMILARITIES
 BOX_SCORES: tuple[str, ...] = ("max", "mean")
+Mirror = Literal["auto", "on", "off"]
+MIRRORS: tuple[str, ...] = ("auto", "on", "off")
 
 #: Default mask threshold on the ``[-1, 1]``-normalised heatmap.
 DEFAULT_THRESHOLD = 0.3
@@ -105,6 +111,10 @@ class HeatmapSettings:
         recipe: ``project``, ``published`` (see the module docstring; the published recipe
             applies to the ``deep`` level, with the dot product, and ignores ``sigma_cells``)
             or ``auto`` (the predictor picks the checkpoint's ``compat``).
+        mirror: ``on`` averages each similarity map with the map of the left-right mirrored
+            image for the prompt with its sides exchanged ("right" <-> "left"), mirrored back
+            (:func:`mirror_average`); ``off`` reads the image once; ``auto`` (the predictor):
+            ``on`` for the project recipe, ``off`` for the published one, which reads once.
     """
 
     level: Level = "deep"
@@ -114,9 +124,12 @@ class HeatmapSettings:
     threshold: float = DEFAULT_THRESHOLD
     box_score: Literal["max", "mean"] = "max"
     recipe: Recipe = "auto"
+    mirror: Mirror = "auto"
 
     def __post_init__(self) -> None:
         check_level(self.level)
+        if self.mirror not in MIRRORS:
+            raise ConfigError(f"mirror must be one of {', '.join(MIRRORS)}, got {self.mirror!r}")
         if self.recipe not in RECIPES:
             raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.similarity not in SIMILARITIES:
@@ -128,6 +141,28 @@ class HeatmapSettings:
         if not self.sigma_cells >= 0:
             raise ConfigError(f"sigma_cells must be >= 0, got {self.sigma_cells}")
         check_threshold(self.threshold)
+
+
+def resolved_mirror(mirror: str, recipe: str) -> Literal["on", "off"]:
+    """``mirror`` with ``auto`` resolved for a checkpoint read by ``recipe`` (``project`` or
+    ``published``): on for the project recipe, off for the published one."""
+    if mirror != "auto":
+        return "on" if mirror == "on" else "off"
+    return "on" if recipe == "project" else "off"
+
+
+def mirror_average(maps: torch.Tensor, mirrored_maps: torch.Tensor) -> torch.Tensor:
+    """Average grid maps ``[P, h, w]`` with maps of the mirrored image, mirrored back.
+
+    ``mirrored_maps[i]`` is the map of prompt ``i`` with its sides exchanged on the left-right
+    mirror of the input square. A map that sits one cell to the right of its finding on the image
+    sits one cell to the left of it on the mirror, so the average cancels any fixed left-right
+    offset a model has learned (contrastive training pins where a region is only up to such an
+    offset; docs/inference.md, "Mirror averaging").
+    """
+    if maps.shape != mirrored_maps.shape:
+        raise ValueError(f"maps {tuple(maps.shape)} and mirrored maps {tuple(mirrored_maps.shape)} differ in shape")
+    return (maps + mirrored_maps.flip(-1)) / 2
 
 
 def check_level(level: str) -> str:

@@ -60,14 +60,16 @@ from afloc_models.inference.heatmap import (
     check_threshold,
     deep_similarity,
     mask_boxes,
+    mirror_average,
     render_heatmaps,
+    resolved_mirror,
     shallow_similarity,
     square_heatmaps,
     threshold_mask,
     trained_similarity,
 )
 from afloc_models.model import AFLoc
-from afloc_models.text_normalization import counterpart, is_negated, normalize_text
+from afloc_models.text_normalization import counterpart, is_negated, mirror_sides, normalize_text
 
 __all__ = [
     "MAX_HEATMAP_PIXELS",
@@ -198,7 +200,7 @@ class EncoderCounts:
     """How often the encoders ran: forward calls and items encoded."""
 
     image_calls: int = 0
-    images: int = 0
+    images: int = 0  #: with ``mirror: on`` an image and its mirror, encoded together, count once
     text_calls: int = 0
     texts: int = 0
 
@@ -244,6 +246,11 @@ class _Prompt:
         """The text whose heatmap is shown: the finding itself for a negated prompt."""
         return self.opposite if self.negated else self.text
 
+    @property
+    def mirrored(self) -> str:
+        """:attr:`mapped` as it reads on the left-right mirror of the image (sides exchanged)."""
+        return mirror_sides(self.mapped)
+
     @classmethod
     def parse(cls, prompt: object) -> "_Prompt":
         text = normalize_prompt(prompt)
@@ -274,6 +281,9 @@ class _ImageEntry:
     global_: torch.Tensor  #: [D]
     box: Letterbox
     spacing: Optional[tuple[float, float]]
+    #: Local features of the left-right mirrored input square (``mirror: on`` only).
+    mirror_shallow: Optional[torch.Tensor] = None  #: [D, h2, w2]
+    mirror_deep: Optional[torch.Tensor] = None  #: [D, h3, w3]
 
 
 @dataclass(frozen=True)
@@ -316,9 +326,11 @@ class AFLocPredictor:
             eval mode and its image encoder switched to channels-last memory format, in place.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         cache_size: images kept in the feature cache (0 disables caching).
-        settings: heatmap settings (level, smoothing, threshold, similarity, recipe). A recipe
-            of ``auto`` becomes the checkpoint's ``compat``: ``published`` for imported
-            checkpoints (the published map and preprocessing), ``project`` otherwise.
+        settings: heatmap settings (level, smoothing, threshold, similarity, recipe, mirror). A
+            recipe of ``auto`` becomes the checkpoint's ``compat``: ``published`` for imported
+            checkpoints (the published map and preprocessing), ``project`` otherwise; a mirror of
+            ``auto`` becomes ``on`` for the project recipe (each image is encoded twice, as is
+            and mirrored) and ``off`` for the published one.
         text_cache_size: prompts kept in the text-embedding cache.
         batch_size: images per encoder call in :meth:`localize_batch`.
         precision: ``float32`` (default) or ``bfloat16``: the model's weights are converted and
@@ -359,7 +371,9 @@ class AFLocPredictor:
             settings = dataclasses.replace(settings, recipe=self.compat)
         if settings.similarity == "auto":
             settings = dataclasses.replace(settings, similarity=trained_similarity(self.config.loss.local_attention))
+        settings = dataclasses.replace(settings, mirror=resolved_mirror(settings.mirror, settings.recipe))
         self.settings = settings
+        self.mirror = settings.mirror == "on"
         self.batch_size = int(batch_size)
         self.model_version = str(model.meta.get("version", "unknown"))
         self.input_size = int(input_size or self.config.data.inference_size)
@@ -386,6 +400,7 @@ class AFLocPredictor:
             precision,
             self.compat,
             self.equalize,
+            self.mirror,
         )
 
     @classmethod
@@ -454,6 +469,8 @@ class AFLocPredictor:
             raise TypeError("localize_batch takes a sequence of images; use localize for one image")
         entries = self._encode_images(list(images))
         needed = [t for p in parsed for t in ((p.text, p.opposite) if probability else (p.text, p.mapped))]
+        if self.mirror:
+            needed += [p.mirrored for p in parsed]
         texts = self._encode_texts(needed)
         return [self._localize_one(entry, parsed, texts, threshold, level, probability) for entry in entries]
 
@@ -490,8 +507,8 @@ class AFLocPredictor:
         parsed = _prompt_list(prompts)
         level = self._trained_level(level or self.settings.level)
         (entry,) = self._encode_images([image])
-        texts = self._encode_texts([p.mapped for p in parsed])
-        deep_maps, shallow_maps = self._similarity_maps(entry, [texts[p.mapped] for p in parsed], level)
+        texts = self._encode_texts([p.mapped for p in parsed] + ([p.mirrored for p in parsed] if self.mirror else []))
+        deep_maps, shallow_maps = self._similarity_maps(entry, parsed, texts, level)
         return square_heatmaps(entry.box, self.settings, deep_maps, shallow_maps, level=level), entry.box
 
     def _trained_level(self, level: str) -> str:
@@ -584,9 +601,13 @@ class AFLocPredictor:
         batch = batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
         batch = (batch.to(self.device) - float(self.config.data.mean)) / float(self.config.data.std)
         batch = batch.to(self.dtype)
+        if self.mirror:
+            # The mirrored squares ride in the same encoder call, after the originals.
+            batch = torch.cat([batch, batch.flip(-1)])
         with torch.inference_mode():
             features = self.model.encode_image(batch.contiguous(memory_format=torch.channels_last))
         self._count(image_calls=1, images=len(items))
+        n = len(items)
         return [
             _ImageEntry(
                 shallow=features.shallow[i].float().contiguous(),
@@ -594,6 +615,8 @@ class AFLocPredictor:
                 global_=features.global_[i].float(),
                 box=item.box,
                 spacing=item.spacing,
+                mirror_shallow=features.shallow[n + i].float().contiguous() if self.mirror else None,
+                mirror_deep=features.deep[n + i].float().contiguous() if self.mirror else None,
             )
             for i, item in enumerate(items)
         ]
@@ -657,8 +680,7 @@ class AFLocPredictor:
                 f"pixels; one request may have at most {MAX_HEATMAP_PIXELS} (MAX_HEATMAP_PIXELS, 4 bytes each): "
                 "send fewer prompts per request"
             )
-        mapped = [texts[p.mapped] for p in prompts]
-        deep_maps, shallow_maps = self._similarity_maps(image, mapped, level)
+        deep_maps, shallow_maps = self._similarity_maps(image, prompts, texts, level)
         heatmaps = render_heatmaps(image.box, self.settings, deep_maps, shallow_maps, level=level)
         results = []
         for prompt, heatmap in zip(prompts, heatmaps):
@@ -691,24 +713,45 @@ class AFLocPredictor:
         )
 
     def _similarity_maps(
-        self, image: _ImageEntry, mapped: list[_TextEntry], level: str
+        self, image: _ImageEntry, prompts: list[_Prompt], texts: dict[str, _TextEntry], level: str
     ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Grid maps ``[P, h, w]`` of the deep and/or shallow level for the mapped prompts."""
+        """Grid maps ``[P, h, w]`` of the deep and/or shallow level for the prompts' mapped texts.
+
+        With ``mirror: on`` each map is averaged with the map of the prompt's mirrored text on the
+        mirrored image, mirrored back (:func:`~afloc_models.inference.heatmap.mirror_average`).
+        """
+        deep_maps, shallow_maps = self._grid_maps(image.deep, image.shallow, [texts[p.mapped] for p in prompts], level)
+        if not self.mirror:
+            return deep_maps, shallow_maps
+        if image.mirror_deep is None or image.mirror_shallow is None:
+            raise RuntimeError("image features without their mirror while mirror is on")  # a cache-key bug
+        mirror_deep, mirror_shallow = self._grid_maps(
+            image.mirror_deep, image.mirror_shallow, [texts[p.mirrored] for p in prompts], level
+        )
+        return (
+            None if deep_maps is None else mirror_average(deep_maps, mirror_deep),
+            None if shallow_maps is None else mirror_average(shallow_maps, mirror_shallow),
+        )
+
+    def _grid_maps(
+        self, deep: torch.Tensor, shallow: torch.Tensor, mapped: list[_TextEntry], level: str
+    ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Grid maps ``[P, h, w]`` of one image's deep ``[D, h3, w3]`` / shallow ``[D, h2, w2]`` features."""
         similarity = self.settings.similarity
         deep_maps = shallow_maps = None
         if level in ("deep", "fused"):
             if self.settings.recipe == "published" and level == "deep":
                 # The published map: deep features . report embedding, raw inner product.
-                deep_maps = deep_similarity(image.deep, torch.stack([t.report for t in mapped]), "dot")
+                deep_maps = deep_similarity(deep, torch.stack([t.report for t in mapped]), "dot")
             else:
-                deep_maps = deep_similarity(image.deep, torch.stack([t.sentence for t in mapped]), similarity)
+                deep_maps = deep_similarity(deep, torch.stack([t.sentence for t in mapped]), similarity)
         if level in ("shallow", "fused"):
             width = max(t.words.shape[1] for t in mapped)
-            words = torch.zeros(len(mapped), image.shallow.shape[0], width, device=image.shallow.device)
+            words = torch.zeros(len(mapped), shallow.shape[0], width, device=shallow.device)
             for i, t in enumerate(mapped):
                 words[i, :, : t.words.shape[1]] = t.words
             n_words = torch.tensor([t.words.shape[1] for t in mapped])
-            shallow_maps = shallow_similarity(image.shallow, words, n_words, similarity)
+            shallow_maps = shallow_similarity(shallow, words, n_words, similarity)
         return deep_maps, shallow_maps
 
     def _probability(self, image: _ImageEntry, statement: _TextEntry, opposite: _TextEntry) -> float:
