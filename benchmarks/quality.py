@@ -102,6 +102,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
     parser.add_argument(
+        "--mirror", choices=("auto", "on", "off"), default="auto",
+        help="mirror averaging of the maps (auto, the server's default: on for project checkpoints; "
+        "docs/inference.md)",
+    )
+    parser.add_argument(
         "--external", type=Path, default=None,
         help="external test sets (afloc_models.evaluation.external layout; default WORK/external, written "
         "if missing: --n-external simulated studies and, when ../shared/data/cxr-notes is there, real "
@@ -230,7 +235,7 @@ def _external_metrics(args, checkpoint: Path, similarity: str, bootstrap: Option
     """Maps read as the server reads them (``similarity``), at the checkpoint's own inference
     size, on every external set."""
     resamples = args.bootstrap if bootstrap is None else bootstrap
-    return {name: evaluate_checkpoint(checkpoint, path, args.level, similarity, resamples, args.seed)
+    return {name: evaluate_checkpoint(checkpoint, path, args.level, similarity, resamples, args.seed, mirror=args.mirror)
             for name, path in _external_sets(args).items()}
 
 
@@ -410,7 +415,7 @@ def _score_curve(args, snapshots: _Snapshots, test_dir: Path, history: list[dict
         done = [s for s in val_by_step if s <= step]
         row: dict[str, Any] = {"step": step, "val_loss": val_by_step[max(done)] if done else None}
         similarity = _served_similarity(AFLocConfig.from_yaml(folder / "config.yaml"))
-        scored = {"in_domain": evaluate_checkpoint(folder, test_dir, args.level, similarity, 0, args.seed)}
+        scored = {"in_domain": evaluate_checkpoint(folder, test_dir, args.level, similarity, 0, args.seed, mirror=args.mirror)}
         scored.update({f"external_{k}": v for k, v in _external_metrics(args, folder, similarity, bootstrap=0).items()})
         for column, metrics in scored.items():
             row[column] = {k: metrics["overall"][k] for k in ("pointing_game", "cnr")}
@@ -439,7 +444,7 @@ def _metrics_by_size(
     :func:`_metric_key` (``dot`` at the config's own size, ``dot@224`` at another)."""
     return {
         _metric_key(similarity, size, config): evaluate_checkpoint(
-            checkpoint, test_dir, args.level, similarity, args.bootstrap, args.seed, input_size=size
+            checkpoint, test_dir, args.level, similarity, args.bootstrap, args.seed, input_size=size, mirror=args.mirror
         )
         for size in _infer_sizes(args, config)
         for similarity in similarities
@@ -453,16 +458,17 @@ def _metric_key(similarity: str, size: int, config: AFLocConfig) -> str:
 
 def evaluate_checkpoint(
     checkpoint: Path, test_dir: Path, level: str, similarity: str, bootstrap: int, seed: int,
-    input_size: Optional[int] = None,
+    input_size: Optional[int] = None, mirror: str = "auto",
 ) -> dict:
-    """Protocol metrics of ``checkpoint`` on the phantom test set (overall and per finding)."""
+    """Protocol metrics of ``checkpoint`` on the phantom test set (overall and per finding), maps
+    read with ``similarity`` and ``mirror`` (``auto``: as the server reads them)."""
     from afloc_models.evaluation.cli import evaluate, load_cases, summarize
     from afloc_models.evaluation.metrics import DEFAULT_THRESHOLDS
     from afloc_models.inference.heatmap import HeatmapSettings
     from afloc_models.inference.predictor import AFLocPredictor
 
     cases, _ = load_cases(test_dir)
-    settings = HeatmapSettings(level=level, similarity=similarity)
+    settings = HeatmapSettings(level=level, similarity=similarity, mirror=mirror)
     predictor = AFLocPredictor.load(checkpoint, device="auto", settings=settings, input_size=input_size)
     records, skipped, _ = evaluate(predictor, cases, thresholds=DEFAULT_THRESHOLDS, level=level)
     summary = summarize(records, DEFAULT_THRESHOLDS, bootstrap=bootstrap, seed=seed)
@@ -475,6 +481,7 @@ def evaluate_checkpoint(
 
     return {
         "input_size": predictor.input_size,
+        "mirror": predictor.settings.mirror,
         "cases": len(records),
         "skipped": len(skipped),
         "overall": pick(summary["overall"]),

@@ -365,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="heatmap recipe (auto: the checkpoint's compat; see docs/inference.md)",
     )
+    parser.add_argument(
+        "--mirror", choices=("auto", "on", "off"), default="auto",
+        help="average each map with the mirrored image's (auto: on for project checkpoints, off for "
+        "published ones; see docs/inference.md)",
+    )
     parser.add_argument("--bootstrap", type=_non_negative, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--overlays", type=_non_negative, default=16, help="overlay PNGs to write (0: none)")
     parser.add_argument("--limit", type=_non_negative, default=0, help="evaluate only the first N cases (0: all)")
@@ -403,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from afloc_models.inference.heatmap import DEFAULT_THRESHOLD, HeatmapSettings
         from afloc_models.inference.predictor import AFLocPredictor
 
-        settings = HeatmapSettings(level=args.level, similarity=args.similarity, recipe=args.recipe)
+        settings = HeatmapSettings(level=args.level, similarity=args.similarity, recipe=args.recipe, mirror=args.mirror)
         if args.protocol == "published":
             from afloc_models.evaluation.published_protocol import GRID
 
@@ -453,6 +458,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "thresholds": list(args.thresholds),
                 "empty_prediction": args.empty,
                 "similarity": predictor.settings.similarity,
+                "mirror": predictor.settings.mirror,
                 "level": args.level,
                 "recipe": predictor.settings.recipe,
                 "aggregation": "mean per category, then mean across categories",
