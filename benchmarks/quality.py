@@ -14,7 +14,9 @@ Not a test: it trains for minutes. The default run (2-core CPU)::
    heatmap similarity in ``--similarities`` (``dot``, the inner product, and ``cosine``) plus the
    one the server reads this model's maps with (``similarity: auto``: ``cosine`` for a
    ``regions_cosine`` model, ``dot`` otherwise). That served similarity is the in-domain column
-   of the side-by-side table and the targets, and the only one scored on the external sets.
+   of the side-by-side table and the targets, and the only one scored on the external sets. Maps
+   are mirror averaged as the server reads them (``--mirror auto``; ``--mirror off`` reads once,
+   as every record before 2026-12-03 did).
 4. Ablations, each from scratch with the shorter ``--ablation-minutes`` budget: the full loss at that
    budget (the reference), no word loss, no sentence loss, global loss only (weights set to 0).
 
