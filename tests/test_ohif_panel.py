@@ -282,10 +282,14 @@ def test_heatmap_on_screen_is_the_servers_heatmap(run):
     _record("heatmap pixels decoded", on_map.mean())
     assert correlation > 0.97, f"screen heat vs server heat: r = {correlation:.3f}"
     assert np.abs(decoded - expected).mean() < 0.05
-    # A mirrored heatmap must not pass.
+    # A mirrored heatmap must not pass. The server mirror averages its maps, which leaves an
+    # untrained model's (mostly position-driven) map nearly symmetric (r ~ 0.96 with its own
+    # mirror), so compare how far each orientation is from a perfect match: the screen must be
+    # far closer to the server's map than to its mirror.
     mirrored = heat[:, ::-1][rows[inside], cols[inside]][on_map]
-    _record("heatmap correlation, mirrored", np.corrcoef(decoded, mirrored)[0, 1])
-    assert np.corrcoef(decoded, mirrored)[0, 1] < correlation - 0.2
+    mirrored_correlation = np.corrcoef(decoded, mirrored)[0, 1]
+    _record("heatmap correlation, mirrored", mirrored_correlation)
+    assert 1 - mirrored_correlation > 20 * (1 - correlation), (correlation, mirrored_correlation)
 
 
 def test_outline_is_the_servers_mask(run):
