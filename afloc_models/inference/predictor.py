@@ -469,9 +469,7 @@ class AFLocPredictor:
             raise TypeError("localize_batch takes a sequence of images; use localize for one image")
         entries = self._encode_images(list(images))
         needed = [t for p in parsed for t in ((p.text, p.opposite) if probability else (p.text, p.mapped))]
-        if self.mirror:
-            needed += [p.mirrored for p in parsed]
-        texts = self._encode_texts(needed)
+        texts = self._encode_texts(needed + self._mirrored_texts(parsed))
         return [self._localize_one(entry, parsed, texts, threshold, level, probability) for entry in entries]
 
     def classify(
@@ -507,7 +505,7 @@ class AFLocPredictor:
         parsed = _prompt_list(prompts)
         level = self._trained_level(level or self.settings.level)
         (entry,) = self._encode_images([image])
-        texts = self._encode_texts([p.mapped for p in parsed] + ([p.mirrored for p in parsed] if self.mirror else []))
+        texts = self._encode_texts([p.mapped for p in parsed] + self._mirrored_texts(parsed))
         deep_maps, shallow_maps = self._similarity_maps(entry, parsed, texts, level)
         return square_heatmaps(entry.box, self.settings, deep_maps, shallow_maps, level=level), entry.box
 
@@ -711,6 +709,10 @@ class AFLocPredictor:
             model_version=self.model_version,
             results=results,
         )
+
+    def _mirrored_texts(self, prompts: list[_Prompt]) -> list[str]:
+        """The texts :meth:`_similarity_maps` maps on the mirrored image (none with ``mirror: off``)."""
+        return [p.mirrored for p in prompts] if self.mirror else []
 
     def _similarity_maps(
         self, image: _ImageEntry, prompts: list[_Prompt], texts: dict[str, _TextEntry], level: str
