@@ -163,6 +163,12 @@ class DataConfig:
     augment: float = 0.0
     #: Of the augmented images, the share also inverted (a MONOCHROME1 file read as MONOCHROME2).
     augment_invert: float = 0.0
+    #: Probability that a training image is mirrored left-right, its report's side words exchanged
+    #: with it ("right" <-> "left", :func:`afloc_models.text_normalization.mirror_sides`), so the
+    #: report still says where the finding is on the mirrored image. The model then cannot learn a
+    #: left-right offset or lean on which side the heart is; the sides a report names stay
+    #: consistent with the image. 0 (off) in every preset.
+    hflip: float = 0.0
     #: Training sees, per item and epoch, a random subset (1 .. n-1 of n sentences) of its report
     #: in random order, as the published data module does (``random_combine``); off: every
     #: sentence in report order.
@@ -261,6 +267,10 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         raise ConfigError(
             f"optim.cpu_precision must be one of {', '.join(CPU_PRECISIONS)}, got {config.optim.cpu_precision!r}"
         )
+    for name in ("augment", "augment_invert", "hflip"):
+        value = getattr(config.data, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
     if not 0.0 < config.optim.step_gamma <= 1.0:
         raise ConfigError(f"optim.step_gamma must be in (0, 1], got {config.optim.step_gamma}")
     return config

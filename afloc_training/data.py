@@ -49,6 +49,7 @@ from afloc_models.config import DataConfig
 from afloc_models.errors import AFLocError, EmptyReportError, ImageReadError
 from afloc_models.imaging import letterbox, read_image, to_grayscale
 from afloc_models.intensity import equalize_content
+from afloc_models.text_normalization import mirror_sides
 from afloc_models.tokenization import ReportTokenizer, TokenizedReports
 from afloc_training.location_swap import swap_location
 from afloc_training.reports import parse_report
@@ -470,10 +471,23 @@ class PairDataset(Dataset):
             logger.warning("skipped unreadable image: %s", exc)
             return Skipped(index=index, path=str(pair.image), reason=exc.reason)
         sentences = self.sentences(pair.sentences, index)
+        mirrored = self.mirrored(index)
+        if mirrored:
+            sentences = tuple(mirror_sides(sentence) for sentence in sentences)
         negative = None
         if self.negatives:
             negative = swap_location(sentences, np.random.default_rng([self.seed, self.epoch, index, 2]))
-        return Sample(image=self.transform(pixels, index), sentences=sentences, index=index, negative=negative)
+        image = self.transform(pixels, index)
+        if mirrored:
+            image = image.flip(-1)
+        return Sample(image=image, sentences=sentences, index=index, negative=negative)
+
+    def mirrored(self, index: int) -> bool:
+        """Whether item ``index`` is mirrored left-right this epoch (``data.hflip``; reproducible
+        from ``(seed, epoch, index)`` like the crops, and drawn from a stream of its own)."""
+        if not (self.train and self.data.hflip > 0):
+            return False
+        return bool(np.random.default_rng([self.seed, self.epoch, index, 3]).random() < self.data.hflip)
 
     def sentences(self, sentences: tuple[str, ...], index: int) -> tuple[str, ...]:
         """The report sentences item ``index`` trains on this epoch (``data.min_sentence_words``,

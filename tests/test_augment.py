@@ -1,4 +1,5 @@
-"""Radiograph-like training augmentation: reproducible, training only, no left-right flips."""
+"""Radiograph-like training augmentation: reproducible, training only; left-right mirroring only
+with the report's sides exchanged (``data.hflip``)."""
 
 from __future__ import annotations
 
@@ -83,3 +84,52 @@ def test_a_training_run_with_augmentation(tmp_path):
                    log_dir=tmp_path / "tb")
     assert result.steps == 2
     assert AFLoc.from_pretrained(result.checkpoint).config.data.augment == 1.0
+
+
+def _one_pair(tmp_path, report: tuple[str, ...]):
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.fromarray((_image() * 255).astype(np.uint8)).save(path)
+    return [ImageReportPair("a", path, report, "a")]
+
+
+def test_hflip_mirrors_the_image_and_exchanges_the_report_sides(tmp_path):
+    """A mirrored item shows the block on the image right and its report says "left" there."""
+    pairs = _one_pair(tmp_path, ("right lower lobe opacity", "no left effusion", "cardiomegaly"))
+    data = dataclasses.replace(load_config("small").data, resize=100, crop=100)
+    plain = PairDataset(pairs, data, 1, train=True, seed=3)[0]
+    flipped = PairDataset(pairs, dataclasses.replace(data, hflip=1.0), 1, train=True, seed=3)[0]
+    assert torch.equal(flipped.image, plain.image.flip(-1))
+    half = plain.image.shape[-1] // 2
+    assert plain.image[..., :half].mean() > plain.image[..., half:].mean()
+    assert flipped.image[..., half:].mean() > flipped.image[..., :half].mean()
+    assert plain.sentences == ("right lower lobe opacity", "no left effusion", "cardiomegaly")
+    assert flipped.sentences == ("left lower lobe opacity", "no right effusion", "cardiomegaly")
+
+
+def test_hflip_is_reproducible_per_epoch_and_never_touches_validation(tmp_path):
+    pairs = _one_pair(tmp_path, ("right opacity",))
+    data = dataclasses.replace(load_config("small").data, resize=100, crop=100, hflip=0.5)
+    draws = []
+    for epoch in range(40):
+        dataset = PairDataset(pairs, data, 1, train=True, seed=3)
+        dataset.set_epoch(epoch)
+        again = PairDataset(pairs, data, 1, train=True, seed=3)
+        again.set_epoch(epoch)
+        assert dataset.mirrored(0) == again.mirrored(0)
+        draws.append(dataset.mirrored(0))
+        assert dataset[0].sentences == (("left opacity",) if draws[-1] else ("right opacity",))
+    assert 8 <= sum(draws) <= 32  # about half of 40 epochs
+    validation = PairDataset(pairs, dataclasses.replace(data, hflip=1.0), 1, train=False)
+    assert not validation.mirrored(0) and validation[0].sentences == ("right opacity",)
+
+
+def test_hflip_must_be_a_probability():
+    import pytest
+
+    from afloc_models.config import AFLocConfig
+    from afloc_models.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.hflip"):
+        AFLocConfig.from_dict({"base": "small", "data": {"hflip": 1.5}})
