@@ -98,8 +98,9 @@ class LossConfig:
     weight_global: float = 1.0  #: report <-> global image
     #: Image rows of the [B, B] local score matrix computed at once (memory bound; 0 = all).
     local_chunk_size: int = 16
-    #: Local-loss implementation: ``auto`` (fused Triton kernels on CUDA, chunked PyTorch on
-    #: the CPU), ``fused`` or ``chunked``. Same numbers either way (tests/test_fused_local_loss.py).
+    #: Local-loss implementation: ``auto`` (= ``chunked``, PyTorch), ``chunked``, or ``fused``
+    #: (Triton kernels, CUDA only; opt-in: 2.7x slower than chunked on an H200 at the publication's
+    #: shape, docs/benchmarks.md). Same numbers either way (tests/test_fused_local_loss.py).
     local_impl: str = "auto"
     #: Each training report also gives a copy with its sides (or zones) exchanged, scored as an
     #: extra negative for every image at all three levels (afloc_training.location_swap): a hard
