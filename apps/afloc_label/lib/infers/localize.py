@@ -185,6 +185,7 @@ class AFLocLocalizeTask(InferTask):
             "threshold": results[0].threshold,
             "heatmap": heatmaps[0],
             "draft": draft,
+            "reading": reading_of(predictor),
             "result_extension": extension,
             "result_dtype": dtype if extension != ".dcm" else "uint8",
             "image": {
@@ -257,3 +258,17 @@ class AFLocLocalizeTask(InferTask):
         }
         label_id = datastore.save_label(image_id, str(path), tag, info)
         return {"label": label_id, "tag": tag, "url": f"/datastore/label?label={quote(label_id, safe='')}&tag={tag}"}
+
+
+def reading_of(predictor: Any) -> Dict[str, Any]:
+    """How the served model's maps were read, for the reply: the feature level, the similarity,
+    whether each map is the mean of the image's and its mirror's (``mirror``), the letterbox side
+    the encoder saw and the definitions used (``recipe``: ``project`` or ``published``)."""
+    settings = predictor.settings
+    return {
+        "level": settings.level,
+        "similarity": settings.similarity,
+        "mirror": settings.mirror,
+        "input_size": predictor.input_size,
+        "recipe": settings.recipe,
+    }
