@@ -7,7 +7,7 @@
 #
 # 1. Training phantoms: N_TRAIN studies (seed 1, the recipe's style and share of real radiographs,
 #    backgrounds from BACKGROUNDS, default ../shared/data/cxr-notes when present); the in-domain test
-#    set (200 plain phantoms, seed 2).
+#    set (N_TEST plain phantoms, default 200, seed 2).
 # 2. External sets under WORK/external: the synthetic one is written here (seed 7) when missing; the
 #    real one (lesions inserted into real radiographs) is used when already there (EXTERNAL_REAL, a
 #    folder written by `python -m afloc_models.evaluation.external`, is linked in) and skipped if not.
@@ -22,6 +22,7 @@ WORK="${WORK:-/tmp/afloc-gpu}"
 OUT="${OUT:-$ROOT/runs/gpu-recipe}"
 MINUTES="${MINUTES:-10}"
 N_TRAIN="${N_TRAIN:-16000}"
+N_TEST="${N_TEST:-200}"
 BOOTSTRAP="${BOOTSTRAP:-100}"
 BACKGROUNDS="${BACKGROUNDS:-auto}"
 PY="${PYTHON:-python3}"
@@ -50,7 +51,7 @@ fi
 stamp "writing $N_TRAIN training phantoms and the in-domain test set ($(nproc) processes)"
 "$PY" -m afloc_training.phantoms --out "$WORK/train" --n "$N_TRAIN" --seed 1 --workers "$(nproc)" \
   --backgrounds "$BACKGROUNDS" --overwrite > "$WORK/phantoms.log" 2>&1 || { tail -5 "$WORK/phantoms.log"; exit 1; }
-"$PY" -m afloc_training.phantoms --out "$WORK/test" --n 200 --seed 2 --style plain --real-fraction 0 \
+"$PY" -m afloc_training.phantoms --out "$WORK/test" --n "$N_TEST" --seed 2 --style plain --real-fraction 0 \
   --workers "$(nproc)" --overwrite >> "$WORK/phantoms.log" 2>&1 || { tail -5 "$WORK/phantoms.log"; exit 1; }
 grep -h "^wrote" "$WORK/phantoms.log" | tee -a "$OUT/setup.txt"
 if [ -n "$external" ]; then
@@ -76,7 +77,7 @@ for config in "$@"; do
   mkdir -p "$run"
   ln -sfn "$WORK/train" "$run/train"
   ln -sfn "$WORK/test" "$run/test"
-  "$PY" benchmarks/quality.py --work "$run" --config "$config" --n-train "$N_TRAIN" --minutes "$MINUTES" \
+  "$PY" benchmarks/quality.py --work "$run" --config "$config" --n-train "$N_TRAIN" --n-test "$N_TEST" --minutes "$MINUTES" \
     --ablations none --similarities dot --bootstrap "$BOOTSTRAP" --external "$WORK/external" \
     > "$OUT/quality-$name.json" 2> "$OUT/log-$name.txt" &
   pids+=($!)
