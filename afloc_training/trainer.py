@@ -66,8 +66,20 @@ MAX_BAD_STEPS = 20
 DEVICE_STATS_EVERY = 25
 #: Memory for the frozen text body's token embeddings (2,000 phantom reports take ~0.15 GiB).
 TOKEN_CACHE_BYTES = 2 << 30
+#: On a GPU the cache may take up to a tenth of the card's memory, at most this much: 16,000
+#: reports with their mirrored copies (``data.hflip``) outgrew 2 GiB on an H200.
+TOKEN_CACHE_GPU_MAX_BYTES = 8 << 30
 
 ConfigLike = Union[str, Path, AFLocConfig, None]
+
+
+def token_cache_bytes(device: torch.device) -> int:
+    """The frozen text body's cache budget: :data:`TOKEN_CACHE_BYTES`, or on a GPU a tenth of its
+    memory (at most :data:`TOKEN_CACHE_GPU_MAX_BYTES`) when that is more."""
+    if device.type != "cuda" or TOKEN_CACHE_BYTES <= 0:
+        return TOKEN_CACHE_BYTES
+    total = torch.cuda.get_device_properties(device).total_memory
+    return max(TOKEN_CACHE_BYTES, min(TOKEN_CACHE_GPU_MAX_BYTES, total // 10))
 
 
 @dataclass
@@ -610,8 +622,10 @@ class _Run:
         self.text_frozen = self.config.optim.text_lr_scale == 0
         if self.text_frozen:
             text.model.requires_grad_(False)
-            # Each epoch revisits the same reports: a frozen body needs to read each one once.
-            text.cache_frozen_tokens(TOKEN_CACHE_BYTES)
+            # Each epoch revisits the same reports: a frozen body needs to read each one once. On
+            # a GPU the reports a batch has not seen go through the body together (TokenCache).
+            device = self.ctx.device
+            text.cache_frozen_tokens(token_cache_bytes(device), batched=device.type == "cuda")
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim

@@ -338,3 +338,36 @@ def test_small_reads_maps_at_the_scale_it_trained_on():
     assert data.inference_size == data.resize == 256
     assert data.crop < data.resize  # random crops still vary the field of view
     assert data.inference_size // image.deep_stride == 32
+
+
+def test_batched_token_cache_encodes_new_reports_together_and_matches_the_body():
+    """``batched=True`` (the trainer's choice on CUDA): one body pass for a batch's new reports."""
+    text = AFLoc(preset("small")).text_encoder
+    text.model.requires_grad_(False)
+    text.model.eval()
+    calls = []
+    reports = ["Right lower zone opacity. No effusion.", "Left apical pneumothorax.", "Normal chest."]
+    mixed = ["Left apical pneumothorax.", "Cardiomegaly with bilateral perihilar edema and effusions.",
+             "Small right pleural effusion.", "Right lower zone opacity. No effusion."]
+
+    def counted(tokens):
+        calls.append(len(tokens))
+        return text._body(tokens)
+
+    with torch.no_grad():
+        text.cache_frozen_tokens(1 << 20, batched=True)
+        cache = text._token_cache
+        first = cache.lookup(text.tokenizer(reports), counted)
+        assert calls == [3] and cache.misses == 3 and cache.hits == 0
+        tokens = text.tokenizer(mixed)
+        again = cache.lookup(tokens, counted)
+        assert calls == [3, 2] and cache.hits == 2 and cache.misses == 5  # only the two new ones
+        assert cache.lookup(tokens, counted) is not None and calls == [3, 2]  # all cached now
+        reference, expected = text._body(tokens), text._body(text.tokenizer(reports))
+    valid = tokens.attention_mask.bool()
+    torch.testing.assert_close(again[valid], reference[valid], atol=1e-4, rtol=1e-4)
+    assert torch.all(again[~valid] == 0)
+    padded = text.tokenizer(reports).attention_mask.unsqueeze(-1)
+    torch.testing.assert_close(first, expected * padded, atol=1e-4, rtol=1e-4)
+    # Cached rows are copies, not views of a batch's whole output.
+    assert all(row._base is None for row in cache._rows.values())

@@ -197,8 +197,8 @@ def test_frozen_text_body_is_read_once_per_report(workspace, monkeypatch):
     caches: list[TokenCache] = []
     original_init = TokenCache.__init__
 
-    def recording_init(self, max_bytes):
-        original_init(self, max_bytes)
+    def recording_init(self, max_bytes, batched=False):
+        original_init(self, max_bytes, batched=batched)
         caches.append(self)
 
     monkeypatch.setattr(TokenCache, "__init__", recording_init)
@@ -206,6 +206,7 @@ def test_frozen_text_body_is_read_once_per_report(workspace, monkeypatch):
     cached = train(workspace / "data", workspace / "frozen_cached", config=frozen, epochs=3, seed=0, save_every=0,
                    progress=False, log_dir=workspace / "tb_fc")
     assert len(caches) == 1 and caches[0].bytes > 0
+    assert not caches[0].batched  # on a CPU, new reports are encoded one at a time (exact)
     # 12 reports (training + validation) over 3 epochs: each misses once at most, then hits.
     assert caches[0].misses <= 12 and caches[0].hits > caches[0].misses
     monkeypatch.setattr(trainer_module, "TOKEN_CACHE_BYTES", 0)
@@ -445,3 +446,18 @@ def test_heads_of_a_zero_weighted_level_are_frozen_and_every_trainable_parameter
         "weight_global": {"global_embedder", "backbone", "report_proj"},
     }[zeroed]
     assert frozen == expected
+
+
+def test_token_cache_budget_grows_with_the_gpu(monkeypatch):
+    """2 GiB on a CPU or a small card; a tenth of a larger card, up to 8 GiB (no GPU needed)."""
+    import types
+
+    import afloc_training.trainer as trainer_module
+
+    gib = 1 << 30
+    for total, expected in ((16 * gib, 2 * gib), (40 * gib, 4 * gib), (141 * gib, 8 * gib)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device, t=total: types.SimpleNamespace(total_memory=t))
+        assert trainer_module.token_cache_bytes(torch.device("cuda")) == expected
+    assert trainer_module.token_cache_bytes(torch.device("cpu")) == 2 * gib
+    monkeypatch.setattr(trainer_module, "TOKEN_CACHE_BYTES", 0)  # a disabled cache stays disabled
+    assert trainer_module.token_cache_bytes(torch.device("cuda")) == 0
