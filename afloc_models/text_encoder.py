@@ -182,8 +182,8 @@ class TokenCache:
     through the body in one padded batch instead. That is several times faster (on a 2-core CPU,
     13.3 against 3.4 ms a report for the ``small`` preset's MiniLM; a GPU pays a kernel launch per
     layer and report). Rows then agree with the one-at-a-time ones only to rounding. The trainer
-    uses it on CUDA, where a 16,000-report first epoch spent most of a minute one report at a
-    time (docs/training.md, fifteenth session).
+    uses it on CUDA, where a first epoch over 16,000 reports otherwise makes 15,200 single-report
+    passes (docs/training.md, fifteenth session; the gain there is not measured yet).
     """
 
     def __init__(self, max_bytes: int, batched: bool = False):
