@@ -226,6 +226,7 @@ async function main() {
     const drawn = await waitDrawn((s) => s.result && s.drawCount > 0, 'the overlay');
     result.actionsToOverlay = { fromStudyList: result.actions.length, afterOpen: result.actions.length - opened + 1 };
     result.afterRun = drawn;
+    result.messageAfterRun = await page.locator('#afloc-message').textContent();
     await page.waitForTimeout(500);
     await page.screenshot({ path: out('panel-heatmap.png') });
     await viewportShot('viewport-heat-default.png');

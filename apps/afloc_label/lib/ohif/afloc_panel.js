@@ -712,6 +712,7 @@
       var negated = state.result.prompts.filter(function (p) { return p.negated; });
       setMessage(
         entries.length + (entries.length === 1 ? ' prompt' : ' prompts') + ' localized in ' + state.result.elapsed.toFixed(1) + ' s (model ' + body.model_version + ').' +
+          (body.reading && body.reading.mirror === 'on' ? ' Maps: mean of the image and its mirror.' : '') +
           (negated.length ? ' A negated prompt ("' + negated[0].text + '") shows its heatmap but has no segment.' : ''),
         'ok'
       );
