@@ -124,6 +124,13 @@ class InferResult:
     def has_heatmaps(self) -> bool:
         return bool(self.findings) and all(f.heatmap_label for f in self.findings)
 
+    @property
+    def mirror_averaged(self) -> bool:
+        """Whether the server read each map as the mean of the image's and its mirror's (the
+        reply's ``reading``; servers before it say nothing, read as False)."""
+        reading = self.params.get("reading")
+        return isinstance(reading, dict) and reading.get("mirror") == "on"
+
 
 @dataclass(frozen=True)
 class TrainingStatus:
