@@ -30,9 +30,12 @@ if [ "$#" -eq 0 ]; then
   echo "usage: bash benchmarks/gpu_recipe.sh CONFIG.yaml [CONFIG.yaml ...] (see the header)" >&2
   exit 2
 fi
+configs=()
 for config in "$@"; do
   [ -f "$config" ] || { echo "gpu_recipe: config '$config' does not exist" >&2; exit 2; }
+  configs+=("$(cd "$(dirname "$config")" && pwd)/$(basename "$config")")  # absolute: the script cds to ROOT
 done
+set -- "${configs[@]}"
 mkdir -p "$WORK" "$OUT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 cd "$ROOT"

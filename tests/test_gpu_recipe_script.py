@@ -48,7 +48,7 @@ def test_two_configs_train_side_by_side_and_are_scored(tmp_path):
     for name, hflip in (("plain", 0.0), ("mirrored", 0.5)):
         path = tmp_path / f"{name}.yaml"
         path.write_text(TINY.format(name=name, hflip=hflip))
-        configs.append(str(path))
+        configs.append(path.name)  # relative to the caller's folder; the script runs from the repository
     out = _run(configs, {"MINUTES": "0.05", "N_TRAIN": "24", "N_TEST": "8", "BOOTSTRAP": "0",
                          "BACKGROUNDS": "none"}, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
