@@ -20,6 +20,15 @@ def _image() -> np.ndarray:
     return image
 
 
+def _one_pair(tmp_path, report: tuple[str, ...]):
+    """One image-report pair: :func:`_image` saved as a PNG with ``report``."""
+    from PIL import Image
+
+    path = tmp_path / "a.png"
+    Image.fromarray((_image() * 255).astype(np.uint8)).save(path)
+    return [ImageReportPair("a", path, report, "a")]
+
+
 def test_same_generator_same_variation_and_values_stay_in_range():
     a = augment_radiograph(_image(), np.random.default_rng(4))
     b = augment_radiograph(_image(), np.random.default_rng(4))
@@ -50,11 +59,7 @@ def test_invert_turns_the_same_variation_negative():
 
 
 def test_dataset_augments_training_items_only_and_reproducibly(tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "a.png"
-    Image.fromarray((_image() * 255).astype(np.uint8)).save(path)
-    pairs = [ImageReportPair("a", path, ("right opacity",), "a")]
+    pairs = _one_pair(tmp_path, ("right opacity",))
     plain = load_config("small").data
     augmented = dataclasses.replace(plain, augment=1.0)
     train_plain = PairDataset(pairs, plain, 1, train=True, seed=3)[0].image
@@ -84,14 +89,6 @@ def test_a_training_run_with_augmentation(tmp_path):
                    log_dir=tmp_path / "tb")
     assert result.steps == 2
     assert AFLoc.from_pretrained(result.checkpoint).config.data.augment == 1.0
-
-
-def _one_pair(tmp_path, report: tuple[str, ...]):
-    from PIL import Image
-
-    path = tmp_path / "a.png"
-    Image.fromarray((_image() * 255).astype(np.uint8)).save(path)
-    return [ImageReportPair("a", path, report, "a")]
 
 
 def test_hflip_mirrors_the_image_and_exchanges_the_report_sides(tmp_path):
