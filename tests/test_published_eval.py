@@ -28,6 +28,7 @@ from afloc_models.evaluation.published_protocol import (
     summarize_published,
 )
 from afloc_models.imaging import Letterbox
+from afloc_models.inference.heatmap import HeatmapSettings
 
 
 def _cases(rng, n=24):
@@ -121,9 +122,11 @@ def test_cli_published_protocol_end_to_end(tmp_path):
                  "--device", "cpu", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["name"] == "published" and results["data"]["evaluated"] == 4
+    # A project checkpoint is mirror averaged by default elsewhere; the published protocol reads once.
+    assert results["protocol"]["mirror"] == "off"
     assert "mIoU" in (out / "results.md").read_text()
-    # Recompute with the reference from the predictor's square maps.
-    predictor = AFLocPredictor.load(ckpt, device="cpu", input_size=224)
+    # Recompute with the reference from the predictor's square maps, each image read once.
+    predictor = AFLocPredictor.load(ckpt, device="cpu", input_size=224, settings=HeatmapSettings(mirror="off"))
     ref_cases = []
     for name, (h, w) in (("a.png", (320, 256)), ("b.png", (240, 300))):
         squares, _ = predictor.square_heatmaps(tmp_path / name, ["left pleural effusion", "right lung opacity"])
@@ -135,3 +138,10 @@ def test_cli_published_protocol_end_to_end(tmp_path):
     theirs = ref.evaluate(ref_cases)
     assert results["published"]["miou"] == pytest.approx(theirs["miou"], rel=1e-6)
     assert results["published"]["cnr"] == pytest.approx(theirs["mcnr"], rel=1e-6)
+    # Asked for by name, the mirror is still averaged, and said so.
+    mirrored = tmp_path / "mirrored"
+    assert main(["--checkpoint", str(ckpt), "--data", str(table), "--out", str(mirrored), "--protocol", "published",
+                 "--mirror", "on", "--device", "cpu", "--quiet"]) == 0
+    averaged = json.loads((mirrored / "results.json").read_text())
+    assert averaged["protocol"]["mirror"] == "on"
+    assert averaged["published"]["cnr"] != pytest.approx(results["published"]["cnr"], rel=1e-6)

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -368,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mirror", choices=("auto", "on", "off"), default="auto",
         help="average each map with the mirrored image's (auto: on for project checkpoints, off for "
-        "published ones; see docs/inference.md)",
+        "published ones and always off with --protocol published; see docs/inference.md)",
     )
     parser.add_argument("--bootstrap", type=_non_negative, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--overlays", type=_non_negative, default=16, help="overlay PNGs to write (0: none)")
@@ -412,7 +413,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.protocol == "published":
             from afloc_models.evaluation.published_protocol import GRID
 
-            # The published evaluation reads every map on the 224 px square.
+            # The published evaluation reads every map once, on the 224 px square: no mirror
+            # averaging unless it is asked for by name, whatever the checkpoint.
+            if args.mirror == "auto":
+                settings = dataclasses.replace(settings, mirror="off")
             predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings, input_size=GRID)
             return _main_published(args, cases, fmt, predictor, started)
         predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings)
@@ -516,6 +520,7 @@ def _main_published(args: argparse.Namespace, cases: list, fmt: str, predictor: 
             "empty_prediction": "NaN (left out)",
             "aggregation": "per threshold: mean per category, then across categories; then mean over thresholds",
             "recipe": predictor.settings.recipe,
+            "mirror": predictor.settings.mirror,
         },
         "published": summary,
         "samples": records,
