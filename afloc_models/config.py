@@ -174,6 +174,11 @@ class DataConfig:
     #: in random order, as the published data module does (``random_combine``); off: every
     #: sentence in report order.
     sample_sentences: bool = False
+    #: Training and validation drop the report sentences that state an absence ("no pneumothorax",
+    #: "there is no focal consolidation"; :func:`afloc_models.text_normalization.is_negated`), so a
+    #: finding's words are only ever matched with images that show it; a report whose every
+    #: sentence is negated keeps them all. Off in every preset (docs/training.md, sixteenth session).
+    drop_negated: bool = False
     #: Training drops report sentences with fewer words (the published code keeps 2 or more);
     #: a report with no sentence that long keeps its sentences.
     min_sentence_words: int = 1

@@ -49,7 +49,7 @@ from afloc_models.config import DataConfig
 from afloc_models.errors import AFLocError, EmptyReportError, ImageReadError
 from afloc_models.imaging import letterbox, read_image, to_grayscale
 from afloc_models.intensity import equalize_content
-from afloc_models.text_normalization import mirror_sides
+from afloc_models.text_normalization import is_negated, mirror_sides
 from afloc_models.tokenization import ReportTokenizer, TokenizedReports
 from afloc_training.location_swap import swap_location
 from afloc_training.reports import parse_report
@@ -490,8 +490,11 @@ class PairDataset(Dataset):
         return bool(np.random.default_rng([self.seed, self.epoch, index, 3]).random() < self.data.hflip)
 
     def sentences(self, sentences: tuple[str, ...], index: int) -> tuple[str, ...]:
-        """The report sentences item ``index`` trains on this epoch (``data.min_sentence_words``,
-        ``data.sample_sentences``; reproducible from ``(seed, epoch, index)`` like the crops)."""
+        """The report sentences item ``index`` trains on this epoch (``data.drop_negated``,
+        ``data.min_sentence_words``, ``data.sample_sentences``; reproducible from ``(seed, epoch, index)`` like the crops)."""
+        if self.data.drop_negated:
+            stated = tuple(s for s in sentences if not is_negated(s))
+            sentences = stated or sentences
         long_enough = tuple(s for s in sentences if len(s.split()) >= self.data.min_sentence_words)
         sentences = long_enough or sentences
         if not (self.train and self.data.sample_sentences) or len(sentences) < 2:

@@ -238,6 +238,28 @@ def test_dataset_crops_are_reproducible_and_normalised(tmp_path):
     assert float(a.min()) == pytest.approx(-2.0) and float(a.max()) <= 2.0 + 1e-6
 
 
+def test_drop_negated_keeps_what_a_report_states(tmp_path):
+    """``data.drop_negated``: sentences stating an absence leave training and validation alike."""
+    import dataclasses
+
+    from afloc_training.data import ImageReportPair
+
+    report = ("small left pleural effusion", "no pneumothorax", "heart size is normal",
+              "there is no focal consolidation", "without edema", "right basilar atelectasis")
+    stated = ("small left pleural effusion", "heart size is normal", "right basilar atelectasis")
+    image = write_image(tmp_path / "a.png")
+    dropping = dataclasses.replace(DATA, drop_negated=True)
+    for train in (True, False):
+        assert PairDataset([], DATA, 1, train=train).sentences(report, 0) == report  # off: every sentence
+        assert PairDataset([], dropping, 1, train=train).sentences(report, 0) == stated  # order kept
+        # Through the item itself, as the trainer's workers read it.
+        item = PairDataset([ImageReportPair("a", image, report, "a")], dropping, 1, train=train)[0]
+        assert item.sentences == stated
+    # A normal report says nothing but absences: it keeps them, never goes empty.
+    normal = ("no pleural effusion or pneumothorax", "no acute cardiopulmonary process")
+    assert PairDataset([], dropping, 1, train=True).sentences(normal, 0) == normal
+
+
 def test_colour_images_become_luma_for_grayscale_models(tmp_path):
     from afloc_training.data import ImageReportPair
 
