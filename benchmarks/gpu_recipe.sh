@@ -31,11 +31,16 @@ if [ "$#" -eq 0 ]; then
   exit 2
 fi
 configs=()
+names=()  # one run per config, named after its file: run-NAME, quality-NAME.json, log-NAME.txt
 for config in "$@"; do
   [ -f "$config" ] || { echo "gpu_recipe: config '$config' does not exist" >&2; exit 2; }
   configs+=("$(cd "$(dirname "$config")" && pwd)/$(basename "$config")")  # absolute: the script cds to ROOT
+  name="$(basename "${config%.*}")"
+  for seen in "${names[@]}"; do
+    [ "$seen" != "$name" ] || { echo "gpu_recipe: two configs are named '$name'; their runs would share files" >&2; exit 2; }
+  done
+  names+=("$name")
 done
-set -- "${configs[@]}"
 mkdir -p "$WORK" "$OUT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 cd "$ROOT"
@@ -72,10 +77,10 @@ echo "synthetic external set digest (png, csv): $(digest "$WORK/external/synthet
 
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$OUT/gpu-util.csv" 2>/dev/null &
 monitor=$!
-stamp "training ${#} config(s) at once for $MINUTES minutes each"
+stamp "training ${#configs[@]} config(s) at once for $MINUTES minutes each"
 pids=()
-for config in "$@"; do
-  name="$(basename "${config%.*}")"
+for i in "${!configs[@]}"; do
+  config="${configs[$i]}" name="${names[$i]}"
   run="$WORK/run-$name"
   mkdir -p "$run"
   ln -sfn "$WORK/train" "$run/train"
@@ -89,8 +94,7 @@ status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 kill "$monitor" 2>/dev/null
 stamp "done (exit $status)"
-for config in "$@"; do
-  name="$(basename "${config%.*}")"
+for name in "${names[@]}"; do
   "$PY" - "$OUT/quality-$name.json" "$name" <<'EOF' || tail -3 "$OUT/log-$name.txt"
 import json, sys
 d = json.load(open(sys.argv[1]))

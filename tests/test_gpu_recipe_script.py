@@ -37,6 +37,12 @@ def test_usage_and_missing_config_are_clear_errors(tmp_path):
     assert out.returncode == 2 and "usage: bash benchmarks/gpu_recipe.sh" in out.stderr
     out = _run([str(tmp_path / "nope.yaml")], {}, tmp_path)
     assert out.returncode == 2 and "nope.yaml' does not exist" in out.stderr
+    # Two configs of one file name would write the same run folder and records.
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.yaml").write_text("base: small\n")
+    out = _run([str(tmp_path / "a" / "same.yaml"), str(tmp_path / "b" / "same.yaml")], {}, tmp_path)
+    assert out.returncode == 2 and "two configs are named 'same'" in out.stderr
 
 
 def test_two_configs_train_side_by_side_and_are_scored(tmp_path):
