@@ -28,16 +28,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNNER = REPO_ROOT / "tests" / "browser" / "run_in_netns.sh"
+from tests.browser_runs import REPO_ROOT, read_result, require_browser_stack, run_in_netns, server_log_tail
+
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 DOCS_IMAGE = REPO_ROOT / "docs" / "images" / "ohif.png"
 PROMPT = "right pleural effusion"
@@ -50,77 +47,20 @@ DX_SPACING_MM = 400.0 / 1024
 pytestmark = pytest.mark.slow
 
 
-def _missing_requirements() -> list[str]:
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root (for unshare -n)")
-    for tool in ("unshare", "ip", "curl", "node", "Orthanc"):
-        if shutil.which(tool) is None:
-            missing.append(tool)
-    if not Path("/usr/bin/chromium").exists():
-        missing.append("/usr/bin/chromium")
-    if not Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").exists():
-        missing.append("orthanc-dicomweb")
-    if not (REPO_ROOT / "tests" / "browser" / "node_modules" / "playwright-core").is_dir():
-        missing.append("playwright-core (tests/browser/node_modules)")
-    return missing
-
-
 @pytest.fixture(scope="module")
 def e2e_run(afloc_checkpoint, tmp_path_factory) -> dict:
     """Run the browser check once; its result.json plus the output folder."""
-    missing = _missing_requirements()
-    if missing:
-        message = f"OHIF end-to-end needs {', '.join(missing)}: run scripts/install_system_deps.sh as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_browser_stack("OHIF end-to-end")
     out = tmp_path_factory.mktemp("ohif-e2e")
-    env = {**os.environ, "AFLOC_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
-    # Own process group: on a timeout the whole stack (Orthanc, server, browser driver) is stopped.
-    process = subprocess.Popen(
-        ["unshare", "-n", "bash", str(RUNNER), str(out), str(afloc_checkpoint), PROMPT],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        _stop_group(process)
-        _keep_artifacts(out)
-        pytest.fail(f"the OHIF end-to-end run took over {RUN_TIMEOUT_S} s\n{_server_log(out)}")
+    launch = run_in_netns(out, [afloc_checkpoint, PROMPT], RUN_TIMEOUT_S)
     _keep_artifacts(out)
-    result_file = out / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    assert process.returncode == 0 and result.get("ok"), (
-        f"browser run failed (exit {process.returncode}): {result.get('error')}\n"
-        f"{stdout[-3000:]}\n{stderr[-3000:]}\n{_server_log(out)}"
+    if launch.timed_out:
+        pytest.fail(f"the OHIF end-to-end run took over {RUN_TIMEOUT_S} s\n{server_log_tail(out)}")
+    result = read_result(out / "result.json")
+    assert launch.returncode == 0 and result.get("ok"), (
+        f"browser run failed (exit {launch.returncode}): {result.get('error')}\n{launch.output_tail()}\n{server_log_tail(out)}"
     )
-    dicomweb_file = out / "dicomweb.json"
-    dicomweb = json.loads(dicomweb_file.read_text()) if dicomweb_file.is_file() else {}
-    return {"result": result, "out": out, "dicomweb": dicomweb}
-
-
-def _stop_group(process: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.communicate(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _server_log(out: Path) -> str:
-    log = out / "server.log"
-    return "server log tail:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.is_file() else ""
+    return {"result": result, "out": out, "dicomweb": read_result(out / "dicomweb.json")}
 
 
 def _keep_artifacts(out: Path) -> None:

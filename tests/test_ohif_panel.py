@@ -31,18 +31,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.test_ohif_e2e import _image_rect, _missing_requirements
+from tests.browser_runs import REPO_ROOT, read_result, require_browser_stack, run_in_netns, save_doc_image, server_log_tail
+from tests.test_ohif_e2e import _image_rect
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNNER = REPO_ROOT / "tests" / "browser" / "run_in_netns.sh"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ohif-panel"
 DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 PROMPT = "right pleural effusion"
@@ -60,40 +56,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(afloc_checkpoint, tmp_path_factory) -> dict:
-    missing = _missing_requirements()
-    if missing:
-        message = f"the AFLoc panel test needs {', '.join(missing)}: run scripts/install_system_deps.sh as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_browser_stack("the AFLoc panel test")
     out = tmp_path_factory.mktemp("ohif-panel")
     # A copy of the checkpoint: the browser run moves it aside for a moment ("no model").
     served = shutil.copytree(afloc_checkpoint, tmp_path_factory.mktemp("ohif-panel-ckpt") / "checkpoint")
-    env = {
-        **os.environ, "AFLOC_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1", "AFLOC_E2E_REPORT": REPORT,
-        "AFLOC_E2E_NO_MODEL_CHECK": "1",
-    }
-    process = subprocess.Popen(
-        ["unshare", "-n", "bash", str(RUNNER), str(out), str(served), PROMPT, "CR", "panel"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    launch = run_in_netns(
+        out, [served, PROMPT, "CR", "panel"], RUN_TIMEOUT_S,
+        env={"AFLOC_E2E_REPORT": REPORT, "AFLOC_E2E_NO_MODEL_CHECK": "1"},
     )
-    try:
-        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=30)
     _keep_artifacts(out)
-    result_file = out / "panel-result.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    log = out / "server.log"
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.is_file() else ""
-    assert process.returncode == 0 and result.get("ok"), (
-        f"panel run failed (exit {process.returncode}): {result.get('error')}\n{stdout[-3000:]}\n{stderr[-3000:]}\n{tail}"
+    result = read_result(out / "panel-result.json")
+    assert not launch.timed_out, f"the panel run took over {RUN_TIMEOUT_S} s\n{server_log_tail(out)}"
+    assert launch.returncode == 0 and result.get("ok"), (
+        f"panel run failed (exit {launch.returncode}): {result.get('error')}\n{launch.output_tail()}\n{server_log_tail(out)}"
     )
     return {"result": result, "out": out}
 
@@ -107,17 +82,7 @@ def _keep_artifacts(out: Path) -> None:
     for name in DOC_SHOTS:
         source, target = out / f"panel-{name}.png", DOCS_IMAGES / f"ohif-panel-{name}.png"
         if source.is_file() and (update or not target.exists()):
-            _save_doc_image(source, target)
-
-
-def _save_doc_image(source: Path, target: Path) -> None:
-    """A 256-colour copy for the docs (a quarter of the size; the test reads the originals)."""
-    from PIL import Image
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    Image.open(source).convert("RGB").quantize(256).save(temporary, format="PNG", optimize=True)
-    os.replace(temporary, target)
+            save_doc_image(source, target)
 
 
 def _record(name: str, value: float) -> None:

@@ -22,18 +22,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from tests.test_ohif_e2e import _missing_requirements
-from tests.test_ohif_panel import _save_doc_image
+from tests.browser_runs import REPO_ROOT, read_result, require_browser_stack, run_in_netns, save_doc_image, server_log_tail
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNNER = REPO_ROOT / "tests" / "browser" / "run_in_netns.sh"
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ohif-auth"
 DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 #: Screenshots copied to docs/images/ as ohif-auth-<name> (when missing or AFLOC_UPDATE_DOCS_IMAGES=1).
@@ -46,23 +39,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(afloc_checkpoint, tmp_path_factory) -> dict:
-    missing = _missing_requirements()
-    if missing:
-        message = f"the OHIF sign-in test needs {', '.join(missing)}: run scripts/install_system_deps.sh as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_browser_stack("the OHIF sign-in test")
     out = tmp_path_factory.mktemp("ohif-auth")
-    env = {**os.environ, "AFLOC_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        ["unshare", "-n", "bash", str(RUNNER), str(out), str(afloc_checkpoint), PROMPT, "CR", "auth"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=30)
+    launch = run_in_netns(out, [afloc_checkpoint, PROMPT, "CR", "auth"], RUN_TIMEOUT_S)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for path in out.iterdir():
         if path.is_file() and path.suffix in (".png", ".json", ".log"):
@@ -71,13 +50,11 @@ def run(afloc_checkpoint, tmp_path_factory) -> dict:
     for name in DOC_SHOTS:
         source, target = out / f"auth-{name}.png", DOCS_IMAGES / f"ohif-auth-{name}.png"
         if source.is_file() and (update or not target.exists()):
-            _save_doc_image(source, target)
-    result_file = out / "auth-result.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-    log = out / "server.log"
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.is_file() else ""
-    assert process.returncode == 0 and result.get("ok"), (
-        f"auth run failed (exit {process.returncode}): {result.get('error')}\n{stdout[-3000:]}\n{stderr[-3000:]}\n{tail}"
+            save_doc_image(source, target)
+    result = read_result(out / "auth-result.json")
+    assert not launch.timed_out, f"the sign-in run took over {RUN_TIMEOUT_S} s\n{server_log_tail(out)}"
+    assert launch.returncode == 0 and result.get("ok"), (
+        f"auth run failed (exit {launch.returncode}): {result.get('error')}\n{launch.output_tail()}\n{server_log_tail(out)}"
     )
     return result
 
