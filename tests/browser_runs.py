@@ -1,9 +1,10 @@
-"""What the headless-browser tests share: the stack they need and the launcher they run.
+"""What the tests that run the whole stack share: what it needs and the launcher that runs it.
 
 ``tests/browser/run_in_netns.sh`` starts Orthanc, the AFLoc Label server and a Playwright script
-inside a private network namespace (``unshare -n``, loopback only). The OHIF tests
-(``test_ohif_e2e``, ``test_ohif_panel``, ``test_ohif_panel_auth``) each run one scenario of it
-through :func:`run_in_netns` and then check what the scenario wrote to its output folder.
+(or, for the PACS test, a Python check) inside a private network namespace (``unshare -n``,
+loopback only). The OHIF tests (``test_ohif_e2e``, ``test_ohif_panel``, ``test_ohif_panel_auth``)
+and ``test_pacs`` each run one scenario through :func:`run_in_netns` and then check what it
+wrote to its output folder.
 """
 
 from __future__ import annotations
@@ -24,26 +25,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNNER = REPO_ROOT / "tests" / "browser" / "run_in_netns.sh"
 
 
-def missing_requirements() -> list[str]:
-    """What this machine lacks for a browser run (empty when it has everything)."""
+def missing_requirements(browser: bool = True) -> list[str]:
+    """What this machine lacks for a run (empty when it has everything); ``browser=False``: a run
+    of Orthanc and the server only, without Chromium and Playwright."""
     missing = []
     if os.geteuid() != 0:
         missing.append("root (for unshare -n)")
-    for tool in ("unshare", "ip", "curl", "node", "Orthanc"):
+    for tool in ("unshare", "ip", "curl", *(("node",) if browser else ()), "Orthanc"):
         if shutil.which(tool) is None:
             missing.append(tool)
-    if not Path("/usr/bin/chromium").exists():
+    if browser and not Path("/usr/bin/chromium").exists():
         missing.append("/usr/bin/chromium")
     if not Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").exists():
         missing.append("orthanc-dicomweb")
-    if not (REPO_ROOT / "tests" / "browser" / "node_modules" / "playwright-core").is_dir():
+    if browser and not (REPO_ROOT / "tests" / "browser" / "node_modules" / "playwright-core").is_dir():
         missing.append("playwright-core (tests/browser/node_modules)")
     return missing
 
 
-def require_browser_stack(what: str) -> None:
+def require_stack(what: str, browser: bool = True) -> None:
     """Skip the calling test when the stack is missing; under CI (``CI`` set) fail instead."""
-    missing = missing_requirements()
+    missing = missing_requirements(browser)
     if missing:
         message = f"{what} needs {', '.join(missing)}: run scripts/install_system_deps.sh as root"
         if os.environ.get("CI"):

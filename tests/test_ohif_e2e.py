@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser_runs import REPO_ROOT, read_result, require_browser_stack, run_in_netns, server_log_tail
+from tests.browser_runs import REPO_ROOT, read_result, require_stack, run_in_netns, server_log_tail
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 DOCS_IMAGE = REPO_ROOT / "docs" / "images" / "ohif.png"
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def e2e_run(afloc_checkpoint, tmp_path_factory) -> dict:
     """Run the browser check once; its result.json plus the output folder."""
-    require_browser_stack("OHIF end-to-end")
+    require_stack("OHIF end-to-end")
     out = tmp_path_factory.mktemp("ohif-e2e")
     launch = run_in_netns(out, [afloc_checkpoint, PROMPT], RUN_TIMEOUT_S)
     _keep_artifacts(out)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.browser_runs import REPO_ROOT, read_result, require_browser_stack, run_in_netns, save_doc_image, server_log_tail
+from tests.browser_runs import REPO_ROOT, read_result, require_stack, run_in_netns, save_doc_image, server_log_tail
 from tests.test_ohif_e2e import _image_rect
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ohif-panel"
@@ -56,7 +56,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(afloc_checkpoint, tmp_path_factory) -> dict:
-    require_browser_stack("the AFLoc panel test")
+    require_stack("the AFLoc panel test")
     out = tmp_path_factory.mktemp("ohif-panel")
     # A copy of the checkpoint: the browser run moves it aside for a moment ("no model").
     served = shutil.copytree(afloc_checkpoint, tmp_path_factory.mktemp("ohif-panel-ckpt") / "checkpoint")

@@ -25,7 +25,7 @@ import shutil
 
 import pytest
 
-from tests.browser_runs import REPO_ROOT, read_result, require_browser_stack, run_in_netns, save_doc_image, server_log_tail
+from tests.browser_runs import REPO_ROOT, read_result, require_stack, run_in_netns, save_doc_image, server_log_tail
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ohif-auth"
 DOCS_IMAGES = REPO_ROOT / "docs" / "images"
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run(afloc_checkpoint, tmp_path_factory) -> dict:
-    require_browser_stack("the OHIF sign-in test")
+    require_stack("the OHIF sign-in test")
     out = tmp_path_factory.mktemp("ohif-auth")
     launch = run_in_netns(out, [afloc_checkpoint, PROMPT, "CR", "auth"], RUN_TIMEOUT_S)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

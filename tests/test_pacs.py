@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pydicom
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RUNNER = REPO_ROOT / "tests" / "browser" / "run_in_netns.sh"
+from tests.browser_runs import REPO_ROOT, require_stack, run_in_netns, server_log_tail
+
 CHECKS = REPO_ROOT / "tests" / "browser" / "pacs_checks.py"
 RUN_TIMEOUT_S = 900
 
@@ -39,14 +36,6 @@ pytestmark = pytest.mark.slow
 NEGATED_REPORT = "FINDINGS:\nNo pneumothorax. No pleural effusion.\n\nIMPRESSION:\nNo acute cardiopulmonary process."
 EARLY_REPORT = "IMPRESSION:\nPreliminary: possible opacity."
 ADDENDUM = "Comparison with the prior study shows no change."
-
-
-def _missing() -> list[str]:
-    missing = [] if os.geteuid() == 0 else ["root (for unshare -n)"]
-    missing += [tool for tool in ("unshare", "ip", "curl", "Orthanc") if shutil.which(tool) is None]
-    if not Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so").exists():
-        missing.append("orthanc-dicomweb")
-    return missing
 
 
 def _save(dataset, path: Path) -> Path:
@@ -117,31 +106,15 @@ def pacs_files(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def pacs_run(pacs_files, afloc_checkpoint, tmp_path_factory) -> dict:
-    missing = _missing()
-    if missing:
-        message = f"the PACS tests need {', '.join(missing)}: run scripts/install_system_deps.sh as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_stack("the PACS tests", browser=False)
     out = tmp_path_factory.mktemp("pacs-run")
-    env = {
-        **os.environ, "AFLOC_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1",
-        "AFLOC_STACK_ARGS": f"--no-demo --dicom {pacs_files['folder']}", "AFLOC_NETNS_CHECK": str(CHECKS),
-    }  # fmt: skip
-    process = subprocess.Popen(
-        ["unshare", "-n", "bash", str(RUNNER), str(out), str(afloc_checkpoint)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, 9)
-        process.communicate()
-        pytest.fail(f"the PACS run took over {RUN_TIMEOUT_S} s")
-    log = out / "server.log"
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.is_file() else ""
+    env = {"AFLOC_STACK_ARGS": f"--no-demo --dicom {pacs_files['folder']}", "AFLOC_NETNS_CHECK": str(CHECKS)}
+    launch = run_in_netns(out, [afloc_checkpoint], RUN_TIMEOUT_S, env=env)
+    tail = server_log_tail(out, lines=60)
+    if launch.timed_out:
+        pytest.fail(f"the PACS run took over {RUN_TIMEOUT_S} s\n{tail}")
     result_file = out / "pacs.json"
-    assert process.returncode == 0 and result_file.is_file(), f"{stdout[-3000:]}\n{stderr[-3000:]}\n{tail}"
+    assert launch.returncode == 0 and result_file.is_file(), f"{launch.output_tail()}\n{tail}"
     return {"result": json.loads(result_file.read_text()), "expected": pacs_files["expected"], "log": tail}
 
 
