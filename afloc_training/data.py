@@ -491,7 +491,8 @@ class PairDataset(Dataset):
 
     def sentences(self, sentences: tuple[str, ...], index: int) -> tuple[str, ...]:
         """The report sentences item ``index`` trains on this epoch (``data.drop_negated``,
-        ``data.min_sentence_words``, ``data.sample_sentences``; reproducible from ``(seed, epoch, index)`` like the crops)."""
+        ``data.min_sentence_words``, ``data.sample_sentences``; reproducible from ``(seed, epoch,
+        index)`` like the crops)."""
         if self.data.drop_negated:
             stated = tuple(s for s in sentences if not is_negated(s))
             sentences = stated or sentences
