@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mirror", choices=("auto", "on", "off"), default="auto",
         help="average each map with the mirrored image's (auto: on for project checkpoints, off for "
-        "published ones and always off with --protocol published; see docs/inference.md)",
+        "published ones, and off with --protocol published whatever the checkpoint; see docs/inference.md)",
     )
     parser.add_argument("--bootstrap", type=_non_negative, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--overlays", type=_non_negative, default=16, help="overlay PNGs to write (0: none)")
