@@ -23,6 +23,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RUNNER = REPO_ROOT / "tests" / "browser" / "run_in_netns.sh"
+DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 
 
 def missing_requirements(browser: bool = True) -> list[str]:
@@ -117,6 +118,21 @@ def server_log_tail(out: Path, lines: int = 40) -> str:
 def read_result(path: Path) -> dict:
     """A scenario's result JSON, or {} when it wrote none."""
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def keep_artifacts(out: Path, artifacts: Path, scenario: str, doc_shots: Sequence[str]) -> None:
+    """Copy a run's screenshots, JSON and logs to ``artifacts``; its ``<scenario>-<shot>.png``
+    screenshots also to ``docs/images/ohif-<scenario>-<shot>.png`` when missing there or when
+    ``AFLOC_UPDATE_DOCS_IMAGES=1`` (ordinary runs leave the tracked images alone)."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for path in out.iterdir():
+        if path.is_file() and path.suffix in (".png", ".json", ".log"):
+            shutil.copyfile(path, artifacts / path.name)
+    update = os.environ.get("AFLOC_UPDATE_DOCS_IMAGES") == "1"
+    for name in doc_shots:
+        source, target = out / f"{scenario}-{name}.png", DOCS_IMAGES / f"ohif-{scenario}-{name}.png"
+        if source.is_file() and (update or not target.exists()):
+            save_doc_image(source, target)
 
 
 def save_doc_image(source: Path, target: Path) -> None:

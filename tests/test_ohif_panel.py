@@ -29,18 +29,16 @@ when missing or when ``AFLOC_UPDATE_DOCS_IMAGES=1``. Needs root and the system p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.browser_runs import REPO_ROOT, read_result, require_stack, run_in_netns, save_doc_image, server_log_tail
+from tests.browser_runs import DOCS_IMAGES, REPO_ROOT, keep_artifacts, read_result, require_stack, run_in_netns, server_log_tail
 from tests.test_ohif_e2e import _image_rect
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ohif-panel"
-DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 PROMPT = "right pleural effusion"
 SECOND_PROMPT = "cardiomegaly"
 REPORT = "FINDINGS: Moderate right pleural effusion. No pneumothorax. Mild cardiomegaly."
@@ -64,25 +62,13 @@ def run(afloc_checkpoint, tmp_path_factory) -> dict:
         out, [served, PROMPT, "CR", "panel"], RUN_TIMEOUT_S,
         env={"AFLOC_E2E_REPORT": REPORT, "AFLOC_E2E_NO_MODEL_CHECK": "1"},
     )
-    _keep_artifacts(out)
+    keep_artifacts(out, ARTIFACTS, "panel", DOC_SHOTS)
     result = read_result(out / "panel-result.json")
     assert not launch.timed_out, f"the panel run took over {RUN_TIMEOUT_S} s\n{server_log_tail(out)}"
     assert launch.returncode == 0 and result.get("ok"), (
         f"panel run failed (exit {launch.returncode}): {result.get('error')}\n{launch.output_tail()}\n{server_log_tail(out)}"
     )
     return {"result": result, "out": out}
-
-
-def _keep_artifacts(out: Path) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for path in out.iterdir():
-        if path.is_file() and path.suffix in (".png", ".json", ".log"):
-            shutil.copyfile(path, ARTIFACTS / path.name)
-    update = os.environ.get("AFLOC_UPDATE_DOCS_IMAGES") == "1"
-    for name in DOC_SHOTS:
-        source, target = out / f"panel-{name}.png", DOCS_IMAGES / f"ohif-panel-{name}.png"
-        if source.is_file() and (update or not target.exists()):
-            save_doc_image(source, target)
 
 
 def _record(name: str, value: float) -> None:

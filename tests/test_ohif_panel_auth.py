@@ -19,16 +19,11 @@ written when missing or when ``AFLOC_UPDATE_DOCS_IMAGES=1``. Needs root and the 
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-
 import pytest
 
-from tests.browser_runs import REPO_ROOT, read_result, require_stack, run_in_netns, save_doc_image, server_log_tail
+from tests.browser_runs import REPO_ROOT, keep_artifacts, read_result, require_stack, run_in_netns, server_log_tail
 
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "ohif-auth"
-DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 #: Screenshots copied to docs/images/ as ohif-auth-<name> (when missing or AFLOC_UPDATE_DOCS_IMAGES=1).
 DOC_SHOTS = ("signin", "401")
 PROMPT = "right pleural effusion"
@@ -42,15 +37,7 @@ def run(afloc_checkpoint, tmp_path_factory) -> dict:
     require_stack("the OHIF sign-in test")
     out = tmp_path_factory.mktemp("ohif-auth")
     launch = run_in_netns(out, [afloc_checkpoint, PROMPT, "CR", "auth"], RUN_TIMEOUT_S)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for path in out.iterdir():
-        if path.is_file() and path.suffix in (".png", ".json", ".log"):
-            shutil.copyfile(path, ARTIFACTS / path.name)
-    update = os.environ.get("AFLOC_UPDATE_DOCS_IMAGES") == "1"
-    for name in DOC_SHOTS:
-        source, target = out / f"auth-{name}.png", DOCS_IMAGES / f"ohif-auth-{name}.png"
-        if source.is_file() and (update or not target.exists()):
-            save_doc_image(source, target)
+    keep_artifacts(out, ARTIFACTS, "auth", DOC_SHOTS)
     result = read_result(out / "auth-result.json")
     assert not launch.timed_out, f"the sign-in run took over {RUN_TIMEOUT_S} s\n{server_log_tail(out)}"
     assert launch.returncode == 0 and result.get("ok"), (
