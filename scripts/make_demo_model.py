@@ -151,6 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from afloc_models.model import CONFIG_FILE, META_FILE
     from afloc_training.phantoms.digest import content_digest
 
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)  # a scratch folder that does not exist yet is made
     work = Path(tempfile.mkdtemp(prefix="afloc-demo-model-", dir=args.work))
     if args.evaluate_only:
         from afloc_models.atomic import atomic_write_text
