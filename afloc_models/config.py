@@ -136,6 +136,10 @@ class OptimConfig:
     #: its time budget (``max_minutes``) stops earlier warns that its maps may be unformed: a
     #: slower or shared machine trains fewer steps in the same minutes. 0: no such warning.
     min_useful_steps: int = 0
+    #: Decay of an exponential moving average of the trained weights
+    #: (:mod:`afloc_training.weight_average`): validation and the saved checkpoint use the
+    #: average, e.g. 0.995 (an average over the last ~200 updates). 0: off, the last weights.
+    ema: float = 0.0
 
 
 @dataclass
@@ -277,6 +281,8 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         value = getattr(config.data, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
+    if not 0.0 <= config.optim.ema < 1.0:
+        raise ConfigError(f"optim.ema must be in [0, 1) (0: off), got {config.optim.ema}")
     if not 0.0 < config.optim.step_gamma <= 1.0:
         raise ConfigError(f"optim.step_gamma must be in (0, 1], got {config.optim.step_gamma}")
     return config

@@ -20,6 +20,7 @@ so a run may be resumed with a different ``--nproc_per_node`` (same data, same b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -53,6 +54,7 @@ from afloc_training.data import (
     load_pairs,
     split_pairs,
 )
+from afloc_training.weight_average import WeightAverage, averaged_tensors
 
 logger = logging.getLogger("afloc.training")
 
@@ -522,6 +524,8 @@ class _Run:
         model.image_encoder.to(memory_format=torch.channels_last)
         self._freeze_unused()
         self.optimizer = self._optimizer()
+        ema = self.config.optim.ema
+        self.average = WeightAverage(averaged_tensors(model), ema) if ema > 0 else None
         if state is not None:
             self._restore(state)
         elif ctx.is_distributed:
@@ -677,6 +681,13 @@ class _Run:
         else:
             logger.warning("resumed with another number of processes: dropout RNG streams are re-seeded")
             torch.manual_seed(self.seed + 1_000_003 * self.ctx.rank + self.step)
+        if self.average is not None:
+            if "average" not in state:
+                raise CheckpointError(f"training state in '{self.out}' has no weight average (optim.ema) to resume")
+            try:
+                self.average.restore(state["average"])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"weight average in '{self.out}' does not fit this run: {exc}") from None
         self.resumed_from = self.step
 
     def _open_writer(self, log_dir) -> None:
@@ -893,6 +904,8 @@ class _Run:
             return None
         self.bad_steps = 0
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()
         values["grad_norm"] = grad_norm
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         return values
@@ -917,6 +930,8 @@ class _Run:
         ])
         self.optimizer.found_inf = (~torch.isfinite(values[[0, 4]]).all()).float()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update()  # a skipped update folds in unchanged weights: no host sync to know
         return _DeviceStats(values=values, lr=float(self.optimizer.param_groups[0]["lr"]))
 
     def _note_skipped(self, batch: Batch) -> None:
@@ -962,11 +977,20 @@ class _Run:
         self.batch_in_epoch = 0
         self._save()
 
+    def _averaged(self):
+        """Context in which the model holds the averaged weights (``optim.ema``), if any."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
+
     @torch.no_grad()
     def _validate(self) -> dict[str, Optional[float]]:
-        """Mean validation losses over batches of the global batch size (rank 0 only)."""
+        """Mean validation losses over batches of the global batch size (rank 0 only), read with
+        the weights the checkpoint stores (the average under ``optim.ema``)."""
         if len(self.val_set) < 2:
             return {"val_loss": None}
+        with self._averaged():
+            return self._validation_losses()
+
+    def _validation_losses(self) -> dict[str, Optional[float]]:
         loader = DataLoader(
             self.val_set,
             batch_size=self.global_batch,
@@ -1003,7 +1027,17 @@ class _Run:
 
     # ---------------------------------------------------------------------------- saving
     def _save(self) -> None:
-        """Weights + training state in one atomic rename (collective: every rank calls it)."""
+        """Weights + training state in one atomic rename (collective: every rank calls it).
+
+        Under ``optim.ema`` the weights saved are the average, and the trained ones go into the
+        training state for a resume.
+        """
+        with self._averaged():
+            self._write_checkpoint()
+        self.saved_step = self.step
+        D.barrier(self.ctx)
+
+    def _write_checkpoint(self) -> None:
         rngs = D.gather_objects(self.ctx, _rng_state())
         if self.ctx.is_main:
             state = {
@@ -1022,6 +1056,8 @@ class _Run:
                 "images_seen": self.images_seen,
                 "data": _fingerprint(self.train_pairs),
             }
+            if self.average is not None:
+                state["average"] = self.average.trained_state()
             last = self.history[-1] if self.history else {}
             meta = {
                 "version": f"{time.strftime('%Y%m%d-%H%M%S')}-step{self.step}",
@@ -1042,8 +1078,6 @@ class _Run:
             self.model.save_pretrained(self.out, meta=meta, extra_writer=lambda d: torch.save(state, d / STATE_FILE))
             if self.writer is not None:
                 self.writer.flush()
-        self.saved_step = self.step
-        D.barrier(self.ctx)
 
 
 def _split_rows(text: TextFeatures, rows: int) -> tuple[TextFeatures, TextFeatures]:
