@@ -111,6 +111,13 @@ class LossConfig:
     #: the heatmap reads; :data:`LOCAL_ATTENTIONS`). ``regions`` always runs the
     #: chunked PyTorch path: the fused CUDA kernels implement the published attention only.
     local_attention: str = "words_first"
+    #: Weight of the mirror consistency of the sentence maps (:mod:`afloc_models.mirror_loss`):
+    #: ``mirror_share`` of each batch's images is also encoded mirrored left-right, its report's
+    #: sides exchanged, and each sentence's map over the regions must be the mirror of its map
+    #: there. 0 (off) in every preset.
+    mirror_consistency: float = 0.0
+    #: Share of each batch's images that the mirror consistency reads (at least one image).
+    mirror_share: float = 0.25
 
 
 @dataclass
@@ -281,6 +288,10 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         value = getattr(config.data, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
+    if config.loss.mirror_consistency < 0:
+        raise ConfigError(f"loss.mirror_consistency must be >= 0 (0: off), got {config.loss.mirror_consistency}")
+    if not 0.0 < config.loss.mirror_share <= 1.0:
+        raise ConfigError(f"loss.mirror_share must be in (0, 1], got {config.loss.mirror_share}")
     if not 0.0 <= config.optim.ema < 1.0:
         raise ConfigError(f"optim.ema must be in [0, 1) (0: off), got {config.optim.ema}")
     if not 0.0 < config.optim.step_gamma <= 1.0:

@@ -48,14 +48,19 @@ class AFLocLosses:
     word: torch.Tensor
     sentence: torch.Tensor
     global_: torch.Tensor
+    #: Mirror consistency of the sentence maps (``loss.mirror_consistency``), when trained with it.
+    mirror: Optional[torch.Tensor] = None
 
     def as_floats(self) -> dict[str, float]:
-        return {
+        values = {
             "loss": float(self.total.detach()),
             "loss_word": float(self.word.detach()),
             "loss_sentence": float(self.sentence.detach()),
             "loss_global": float(self.global_.detach()),
         }
+        if self.mirror is not None:
+            values["loss_mirror"] = float(self.mirror.detach())
+        return values
 
 
 class AFLoc(nn.Module):

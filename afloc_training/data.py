@@ -552,6 +552,10 @@ class Batch:
     #: reports, the B true ones followed by B swapped ones (a report without a swapped copy
     #: repeats itself there and is marked False here).
     negative_valid: Optional[torch.Tensor] = None
+    #: K > 0 when the batch carries mirrored reports for the mirror consistency
+    #: (``loss.mirror_consistency``): ``tokens`` then ends with the first K samples' reports, sides
+    #: exchanged sentence by sentence, after the true (and swapped) ones.
+    mirror_rows: int = 0
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -560,19 +564,22 @@ class Batch:
 class ReportCollate:
     """Collate function: drops unreadable items and tokenizes the reports (runs in DataLoader workers)."""
 
-    def __init__(self, tokenizer: ReportTokenizer, channels: int, crop: int):
+    def __init__(self, tokenizer: ReportTokenizer, channels: int, crop: int, mirror_rows: int = 0):
         self.tokenizer = tokenizer
         self.empty_shape = (0, channels, crop, crop)
+        self.mirror_rows = mirror_rows  # mirrored reports of the first K samples (see Batch)
 
     def __call__(self, items: Sequence[Union[Sample, Skipped]]) -> Batch:
         skipped = [s for s in items if isinstance(s, Skipped)]
         samples = [s for s in items if isinstance(s, Sample)]
         tokens = None
+        mirror_rows = min(self.mirror_rows, len(samples))
         if samples:
             try:
-                tokens = self.tokenizer(_reports(samples))
+                tokens = self.tokenizer(_reports(samples, mirror_rows))
             except EmptyReportError:
                 samples, tokens = self._tokenize_one_by_one(samples, skipped)
+                mirror_rows = min(self.mirror_rows, len(samples))
         if not samples:
             return Batch(torch.zeros(self.empty_shape), None, torch.zeros(0, dtype=torch.long), skipped)
         negative_valid = None
@@ -584,6 +591,7 @@ class ReportCollate:
             indices=torch.tensor([s.index for s in samples], dtype=torch.long),
             skipped=skipped,
             negative_valid=negative_valid,
+            mirror_rows=mirror_rows,
         )
 
     def _tokenize_one_by_one(self, samples: list[Sample], skipped: list[Skipped]):
@@ -596,17 +604,19 @@ class ReportCollate:
             except EmptyReportError as exc:
                 logger.warning("skipped item %d: %s", sample.index, exc)
                 skipped.append(Skipped(sample.index, "", f"report not tokenizable: {exc}"))
-        tokens = self.tokenizer(_reports(kept)) if kept else None
+        tokens = self.tokenizer(_reports(kept, min(self.mirror_rows, len(kept)))) if kept else None
         return kept, tokens
 
 
-def _reports(samples: Sequence[Sample]) -> list[list[str]]:
+def _reports(samples: Sequence[Sample], mirror_rows: int = 0) -> list[list[str]]:
     """The reports a batch tokenizes: the samples' own, then, when any sample carries a
     location-swapped copy, one copy per sample (a sample without one repeats its report; swapping
-    words keeps every word the tokenizer knew, so the copies tokenize whenever the reports do)."""
+    words keeps every word the tokenizer knew, so the copies tokenize whenever the reports do),
+    then the first ``mirror_rows`` samples' reports with their sides exchanged."""
     reports = [list(s.sentences) for s in samples]
     if any(s.negative is not None for s in samples):
         reports += [list(s.negative or s.sentences) for s in samples]
+    reports += [[mirror_sides(sentence) for sentence in s.sentences] for s in samples[:mirror_rows]]
     return reports
 
 

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from afloc_models.config import CPU_PRECISIONS, AFLocConfig, load_config
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
+from afloc_models.mirror_loss import mirror_consistency_loss
 from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc, AFLocLosses
 from afloc_models.text_encoder import TextFeatures
 from afloc_models.tokenization import TokenizedReports
@@ -514,8 +515,12 @@ class _Run:
             train_pairs, self.config.data, channels, train=True, seed=self.seed, negatives=negatives
         )
         self.val_set = PairDataset(val_pairs, self.config.data, channels, train=False, seed=self.seed)
-        self.collate = ReportCollate(model.tokenizer, channels, self.config.data.crop)
         self.sampler = _ResumableSampler(self.train_set, ctx.world_size, ctx.rank, self.seed)
+        # The mirror consistency also encodes the first K images of each rank's batch mirrored.
+        loss = self.config.loss
+        self.mirror_rows = max(1, round(loss.mirror_share * self.per_rank)) if loss.mirror_consistency > 0 else 0
+        self.collate = ReportCollate(model.tokenizer, channels, self.config.data.crop, mirror_rows=self.mirror_rows)
+        self.val_collate = ReportCollate(model.tokenizer, channels, self.config.data.crop)
         self.steps_per_epoch = len(self.sampler) // self.per_rank
         self.epochs_target, self.total_steps = self._plan_length(epochs, max_steps)
 
@@ -808,7 +813,7 @@ class _Run:
         table = torch.stack([stats.values for _, stats, _ in self.pending]).cpu().tolist()
         pending, self.pending = self.pending, []
         for (step, stats, rate), row in zip(pending, table):
-            loss, word, sentence, glob, grad_norm = row
+            loss, word, sentence, glob, grad_norm, mirror = row
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 # The fused optimiser already skipped this update on the device (found_inf).
                 self.bad_steps += 1
@@ -822,6 +827,8 @@ class _Run:
             self.bad_steps = 0
             values = {"loss": loss, "loss_word": word, "loss_sentence": sentence, "loss_global": glob,
                       "grad_norm": grad_norm, "lr": stats.lr}
+            if self.mirror_rows:
+                values["loss_mirror"] = mirror
             self._record_step(values, rate, losses, bar)
 
     def _loader(self) -> DataLoader:
@@ -857,14 +864,23 @@ class _Run:
             self.model.text_encoder.model.eval()  # frozen body: no dropout either
         device = self.ctx.device
         images = batch.images.to(device, non_blocking=True)
+        rows, k = images.shape[0], batch.mirror_rows
+        if k:
+            # The first K images mirrored ride in the same encoder call, after the B originals.
+            images = torch.cat([images, images[:k].flip(-1)])
         tokens = batch.tokens.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16):
             image, text = self.encoders(images, tokens)
         image, text = _to_float(image), _to_float(text)
+        mirror = None
+        if k:
+            image, mirror_image = _split_rows(image, rows)
+            text, mirror_text = _split_rows(text, text.report.shape[0] - k)
+            mirror = self._mirror_consistency(image, text, mirror_image, mirror_text)
         negatives, valid = None, batch.negative_valid
         if valid is not None:
             # The collate put the B swapped reports after the B true ones.
-            text, negatives = _split_rows(text, images.shape[0])
+            text, negatives = _split_rows(text, rows)
         elif self.train_set.negatives and self.ctx.is_distributed:
             # No report of this rank's rows names a side or zone, but the other ranks' may: join
             # their gather with placeholder rows that the loss leaves out.
@@ -875,6 +891,10 @@ class _Run:
         else:
             negatives, valid = D.gather_negatives(self.ctx, negatives, valid)
             losses = self.model.compute_loss(image, text, negatives, valid)
+        if mirror is not None:
+            losses = dataclasses.replace(
+                losses, total=losses.total + self.config.loss.mirror_consistency * mirror, mirror=mirror
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
                 self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler,
@@ -910,6 +930,18 @@ class _Run:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         return values
 
+    def _mirror_consistency(
+        self, image: ImageFeatures, text: TextFeatures, mirror_image: ImageFeatures, mirror_text: TextFeatures
+    ) -> torch.Tensor:
+        """The mirror-consistency term of this rank's first K images (:mod:`afloc_models.mirror_loss`)."""
+        k = mirror_image.deep.shape[0]
+        loss = self.config.loss
+        return mirror_consistency_loss(
+            image.deep[:k], text.sentences[:k], text.n_sentences[:k],
+            mirror_image.deep, mirror_text.sentences, mirror_text.n_sentences,
+            cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
+        )
+
     def _update_on_device(self, losses: AFLocLosses) -> "_DeviceStats":
         """Clip, check and step without a host-device sync (CUDA).
 
@@ -924,9 +956,10 @@ class _Run:
             grad_norm = torch.linalg.vector_norm(torch.stack([
                 p.grad.detach().norm() for p in self.trainable if p.grad is not None
             ]))
+        mirror = losses.mirror if losses.mirror is not None else torch.zeros_like(losses.total)
         values = torch.stack([
             losses.total.detach().float(), losses.word.detach().float(), losses.sentence.detach().float(),
-            losses.global_.detach().float(), grad_norm.detach().float(),
+            losses.global_.detach().float(), grad_norm.detach().float(), mirror.detach().float(),
         ])
         self.optimizer.found_inf = (~torch.isfinite(values[[0, 4]]).all()).float()
         self.optimizer.step()
@@ -996,7 +1029,7 @@ class _Run:
             batch_size=self.global_batch,
             shuffle=False,
             num_workers=self.config.data.num_workers,
-            collate_fn=self.collate,
+            collate_fn=self.val_collate,
         )
         self.model.eval()
         sums: Counter = Counter()
@@ -1080,11 +1113,11 @@ class _Run:
                 self.writer.flush()
 
 
-def _split_rows(text: TextFeatures, rows: int) -> tuple[TextFeatures, TextFeatures]:
-    """Text features of 2B reports -> the first ``rows`` and the rest."""
-    head = {f.name: getattr(text, f.name)[:rows] for f in dataclasses.fields(text)}
-    tail = {f.name: getattr(text, f.name)[rows:] for f in dataclasses.fields(text)}
-    return TextFeatures(**head), TextFeatures(**tail)
+def _split_rows(features, rows: int):
+    """Text (or image) features -> the first ``rows`` rows and the rest, as two of the same type."""
+    head = {f.name: getattr(features, f.name)[:rows] for f in dataclasses.fields(features)}
+    tail = {f.name: getattr(features, f.name)[rows:] for f in dataclasses.fields(features)}
+    return type(features)(**head), type(features)(**tail)
 
 
 def _to_float(features):
