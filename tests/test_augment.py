@@ -94,7 +94,8 @@ def test_a_training_run_with_augmentation(tmp_path):
 def test_hflip_mirrors_the_image_and_exchanges_the_report_sides(tmp_path):
     """A mirrored item shows the block on the image right and its report says "left" there."""
     pairs = _one_pair(tmp_path, ("right lower lobe opacity", "no left effusion", "cardiomegaly"))
-    data = dataclasses.replace(load_config("small").data, resize=100, crop=100)
+    # drop_negated off, so the negated sentence stays and its side is seen to change too
+    data = dataclasses.replace(load_config("small").data, resize=100, crop=100, drop_negated=False)
     plain = PairDataset(pairs, data, 1, train=True, seed=3)[0]
     flipped = PairDataset(pairs, dataclasses.replace(data, hflip=1.0), 1, train=True, seed=3)[0]
     assert torch.equal(flipped.image, plain.image.flip(-1))

@@ -125,8 +125,10 @@ def test_training_sentences_published_vs_project():
     from afloc_training.data import PairDataset
 
     report = ("small left pleural effusion", "stable", "no pneumothorax", "heart size is normal", "lungs clear")
-    project = PairDataset([], preset("small").data, channels=1, train=True, seed=3)
+    project = PairDataset([], preset("publication").data, channels=1, train=True, seed=3)
     assert project.sentences(report, 0) == report  # every sentence, in order
+    small = PairDataset([], preset("small").data, channels=1, train=True, seed=3)
+    assert small.sentences(report, 0) == tuple(s for s in report if s != "no pneumothorax")  # drop_negated
     published = PairDataset([], preset("published").data, channels=1, train=True, seed=3)
     seen = set()
     for epoch in range(12):
