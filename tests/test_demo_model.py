@@ -84,9 +84,18 @@ def test_first_start_expands_the_shipped_model_and_keeps_its_provenance(expanded
     assert not build_demo.is_stale_demo_checkpoint(expanded)
 
 
-@pytest.mark.skipif(not (CXR_NOTES / "pairs.csv").is_file(), reason="shared cxr-notes data not present")
+@pytest.fixture(scope="module")
+def demo_datastore(build_demo, tmp_path_factory):
+    """start_demo.sh's datastore: the demo phantoms and the real radiographs (cxr_0001 among them)."""
+    if not (CXR_NOTES / "pairs.csv").is_file():
+        pytest.skip("shared cxr-notes data not present")
+    studies = tmp_path_factory.mktemp("demo-datastore") / "datastore"
+    assert build_demo.main(["--only", "datastore", "--datastore", str(studies), "--cxr-notes", str(CXR_NOTES)]) == 0
+    return studies
+
+
 def test_the_demo_server_serves_the_shipped_model_on_a_real_radiograph(
-    build_demo, expanded, start_afloc_server, afloc_infer, tmp_path
+    demo_datastore, expanded, start_afloc_server, afloc_infer, tmp_path
 ):
     """start_demo.sh's datastore and checkpoint on a real server: /info names what the model was
     trained on, and a prompt on the real radiograph cxr_0001 (right lower lobe pneumonia) peaks
@@ -95,9 +104,7 @@ def test_the_demo_server_serves_the_shipped_model_on_a_real_radiograph(
 
     from tests.test_app_infer import fetch_heatmap
 
-    studies = tmp_path / "datastore"
-    assert build_demo.main(["--only", "datastore", "--datastore", str(studies), "--cxr-notes", str(CXR_NOTES)]) == 0
-    server = start_afloc_server(studies=studies, checkpoint=expanded)
+    server = start_afloc_server(studies=demo_datastore, checkpoint=expanded)
     info = requests.get(f"{server.url}/info/", timeout=30).json()
     assert info["trained_on"] == read_compact_meta(SHIPPED)["trained_on"]
     reply = afloc_infer(server.url, image="cxr_0001", params={"prompt": "right lower lobe consolidation"})
@@ -105,6 +112,28 @@ def test_the_demo_server_serves_the_shipped_model_on_a_real_radiograph(
     heat = fetch_heatmap(server.url, reply.params["heatmap"], tmp_path)
     row, column = np.unravel_index(int(np.argmax(heat)), heat.shape)
     assert column < heat.shape[1] / 2, f"peak at column {column / heat.shape[1]:.2f}: the patient's left"
+
+
+@pytest.mark.slow
+def test_the_docs_pictures_are_redrawn_from_the_shipped_model(demo_datastore, expanded, tmp_path):
+    """scripts/demo_figures.py: the two pictures of docs/app.md and the figures it quotes."""
+    from PIL import Image
+
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo_figures.py"), "--checkpoint", str(expanded),
+         "--datastore", str(demo_datastore), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert Image.open(tmp_path / "demo-heatmaps.png").size == (1024, 512)  # 8 overlays, 4 by 2
+    assert Image.open(tmp_path / "demo-cxr0001.png").size[1] > 200
+    assert "demo datastore: pointing_game" in run.stdout
+    peak = next(line for line in run.stdout.splitlines() if "'right lower lobe consolidation' peaks" in line)
+    assert float(peak.rsplit("column ", 1)[1]) < 0.5  # the patient's right, as the server test finds
+    missing = subprocess.run([sys.executable, str(REPO / "scripts" / "demo_figures.py"), "--checkpoint",
+                              str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "run scripts/build_demo.py first" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_a_damaged_shipped_model_stops_the_first_start_with_a_message(build_demo, tmp_path, monkeypatch, capsys):
