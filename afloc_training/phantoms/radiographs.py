@@ -82,7 +82,13 @@ def _load_backgrounds(folder: str, size: int) -> tuple[Background, ...]:
 
 
 def _letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Aspect-kept resize into a black ``[size, size]`` square, centred."""
+    """Aspect-kept resize into a black ``[size, size]`` square, centred.
+
+    Not :func:`afloc_models.imaging.letterbox` (anti-aliased): that one finds lung fields in 39
+    of the cxr-notes training radiographs instead of 37, which changes the recipe's training set
+    and, measured, cost the demo recipe's seed 1 most of its maps (docs/training.md, seventeenth
+    session). Replace it only together with a new choice of the demo model's seed.
+    """
     height, width = pixels.shape
     scale = size / max(height, width)
     resized = ndimage.zoom(pixels, (round(height * scale) / height, round(width * scale) / width), order=1)
