@@ -114,7 +114,8 @@ class LossConfig:
     #: Weight of the mirror consistency of the sentence maps (:mod:`afloc_models.mirror_loss`):
     #: ``mirror_share`` of each batch's images is also encoded mirrored left-right, its report's
     #: sides exchanged, and each sentence's map over the regions must be the mirror of its map
-    #: there. 0 (off) in every preset.
+    #: there. 0 (off) in every preset: measured, it removed the maps' left-right offset but
+    #: lowered the pointing game on every set (docs/training.md, seventeenth session).
     mirror_consistency: float = 0.0
     #: Share of each batch's images that the mirror consistency reads (at least one image).
     mirror_share: float = 0.25
@@ -145,7 +146,8 @@ class OptimConfig:
     min_useful_steps: int = 0
     #: Decay of an exponential moving average of the trained weights
     #: (:mod:`afloc_training.weight_average`): validation and the saved checkpoint use the
-    #: average, e.g. 0.995 (an average over the last ~200 updates). 0: off, the last weights.
+    #: average, e.g. 0.995 (an average over the last ~200 updates). 0: off, the last weights
+    #: (every preset; with the cosine schedule's end at 0 it changed nothing, seventeenth session).
     ema: float = 0.0
 
 
