@@ -76,17 +76,14 @@ def test_dataset_augments_training_items_only_and_reproducibly(tmp_path):
 def test_a_training_run_with_augmentation(tmp_path):
     """``data.augment`` from a YAML reaches the trainer's workers and the run completes."""
     from afloc_models.model import AFLoc
-    from afloc_training.phantoms import write_phantom_datastore
-    from afloc_training.trainer import train
+    from tests.tiny_runs import tiny_run
 
-    write_phantom_datastore(tmp_path / "data", 8, seed=0, size=64)
-    config = tmp_path / "aug.yaml"
-    config.write_text(
-        "base: small\nembed_dim: 32\noptim: {batch_size: 4, warmup_steps: 1}\n"
-        "data: {resize: 72, crop: 64, num_workers: 1, val_fraction: 0.25, augment: 1.0, augment_invert: 0.1}\n"
+    result = tiny_run(
+        tmp_path,
+        "optim: {batch_size: 4, warmup_steps: 1}\n"
+        "data: {resize: 72, crop: 64, num_workers: 1, val_fraction: 0.25, augment: 1.0, augment_invert: 0.1}\n",
+        max_steps=2, n_phantoms=8,
     )
-    result = train(tmp_path / "data", tmp_path / "ckpt", config=config, max_steps=2, progress=False,
-                   log_dir=tmp_path / "tb")
     assert result.steps == 2
     assert AFLoc.from_pretrained(result.checkpoint).config.data.augment == 1.0
 

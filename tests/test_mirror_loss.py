@@ -109,18 +109,15 @@ def test_the_collate_appends_the_first_reports_with_sides_exchanged():
 def test_training_with_the_term_logs_it_and_keeps_the_other_losses(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from afloc_training.phantoms import write_phantom_datastore
-    from afloc_training.trainer import train
+    from tests.tiny_runs import tiny_run
 
-    write_phantom_datastore(tmp_path / "data", 12, seed=0, size=64)
-    config = tmp_path / "mirror.yaml"
-    config.write_text(
-        "base: small\nembed_dim: 32\nloss: {mirror_consistency: 1.0, mirror_share: 0.5}\n"
+    result = tiny_run(
+        tmp_path,
+        "loss: {mirror_consistency: 1.0, mirror_share: 0.5}\n"
         "optim: {batch_size: 4, warmup_steps: 1, lr: 0.001}\n"
-        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n"
+        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n",
+        max_steps=3, seed=0,
     )
-    result = train(tmp_path / "data", tmp_path / "ckpt", config=config, max_steps=3, seed=0, progress=False,
-                   log_dir=tmp_path / "tb")
     assert result.steps == 3 and result.val_loss is not None
     events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*"))))
     events.Reload()
