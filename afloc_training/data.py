@@ -573,13 +573,11 @@ class ReportCollate:
         skipped = [s for s in items if isinstance(s, Skipped)]
         samples = [s for s in items if isinstance(s, Sample)]
         tokens = None
-        mirror_rows = min(self.mirror_rows, len(samples))
         if samples:
             try:
-                tokens = self.tokenizer(_reports(samples, mirror_rows))
+                tokens = self.tokenizer(_reports(samples, self.mirror_rows))
             except EmptyReportError:
                 samples, tokens = self._tokenize_one_by_one(samples, skipped)
-                mirror_rows = min(self.mirror_rows, len(samples))
         if not samples:
             return Batch(torch.zeros(self.empty_shape), None, torch.zeros(0, dtype=torch.long), skipped)
         negative_valid = None
@@ -591,7 +589,7 @@ class ReportCollate:
             indices=torch.tensor([s.index for s in samples], dtype=torch.long),
             skipped=skipped,
             negative_valid=negative_valid,
-            mirror_rows=mirror_rows,
+            mirror_rows=min(self.mirror_rows, len(samples)),  # as many as _reports appended
         )
 
     def _tokenize_one_by_one(self, samples: list[Sample], skipped: list[Skipped]):
@@ -604,7 +602,7 @@ class ReportCollate:
             except EmptyReportError as exc:
                 logger.warning("skipped item %d: %s", sample.index, exc)
                 skipped.append(Skipped(sample.index, "", f"report not tokenizable: {exc}"))
-        tokens = self.tokenizer(_reports(kept, min(self.mirror_rows, len(kept)))) if kept else None
+        tokens = self.tokenizer(_reports(kept, self.mirror_rows)) if kept else None
         return kept, tokens
 
 
@@ -612,7 +610,8 @@ def _reports(samples: Sequence[Sample], mirror_rows: int = 0) -> list[list[str]]
     """The reports a batch tokenizes: the samples' own, then, when any sample carries a
     location-swapped copy, one copy per sample (a sample without one repeats its report; swapping
     words keeps every word the tokenizer knew, so the copies tokenize whenever the reports do),
-    then the first ``mirror_rows`` samples' reports with their sides exchanged."""
+    then the first ``mirror_rows`` samples' reports (all of them when there are fewer) with their
+    sides exchanged."""
     reports = [list(s.sentences) for s in samples]
     if any(s.negative is not None for s in samples):
         reports += [list(s.negative or s.sentences) for s in samples]
