@@ -64,12 +64,14 @@ def real_radiograph_panels(checkpoint: Path, datastore: Path, out: Path) -> list
     from afloc_models.imaging import read_image
     from afloc_models.inference.predictor import AFLocPredictor
 
-    images = [p for p in datastore.iterdir() if p.stem == REAL_IMAGE and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm")]
-    if not images:
+    from afloc_training.data import load_pairs
+
+    image = next((pair.image for pair in load_pairs(datastore).pairs if pair.id == REAL_IMAGE), None)
+    if image is None:
         raise SystemExit(f"demo_figures: {REAL_IMAGE} is not in {datastore} (run scripts/build_demo.py)")
     predictor = AFLocPredictor.load(checkpoint, device="cpu")
-    pixels = read_image(images[0]).pixels
-    result = predictor.localize(images[0], list(PROMPTS))
+    pixels = read_image(image).pixels
+    result = predictor.localize(image, list(PROMPTS))
     panels, peaks = [], []
     for prompt, item in zip(PROMPTS, result):
         heat = item.heatmap
