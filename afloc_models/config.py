@@ -64,6 +64,12 @@ class ImageEncoderConfig:
     #: stage 2's resolution with dilated convolutions. 8 doubles the heatmap's resolution (a
     #: 16x16 grid on a 128 px input) for small findings; weights are the same shapes either way.
     deep_stride: int = 16
+    #: Stage whose output the deep (sentence-level) local features are projected from: 3 as
+    #: published, or 2. A stage-2 cell sees about 100 px of the input against stage 3's 230 px
+    #: (ResNet-18), so a cell far from a finding cannot see it; the maps are then held near what
+    #: they match. Stage 2 has output stride 8, whatever ``deep_stride`` says (that still sets
+    #: stage 3's, which the global feature is pooled after).
+    local_stage: int = 3
     #: Resize the (normalised) input to this square with bilinear ``align_corners=True``
     #: interpolation before the first convolution; 0 keeps the input size. The published
     #: encoder works at 299 (19x19 deep and 38x38 shallow grids from a 224 image).

@@ -5,7 +5,8 @@ torchvision's and MONAI's, so the published torchvision-style checkpoint and che
 with the earlier MONAI backbone load without renaming. Three heads project to the joint width D:
 
 - ``local2_embedder``: 1x1 conv on stage 2 (``layer2``): shallow local features, matched to words.
-- ``local_embedder``: 1x1 conv on stage 3 (``layer3``): deep local features, matched to sentences.
+- ``local_embedder``: 1x1 conv on stage 3 (``layer3``): deep local features, matched to sentences
+  (on stage 2 with ``local_stage: 2``: a smaller receptive field, output stride 8).
 - ``global_embedder``: linear on pooled stage 4 (``layer4``): global feature, matched to the report.
 
 With ``working_size`` set (299 for published checkpoints) the normalised input is first resized
@@ -35,7 +36,8 @@ class ImageFeatures:
 
     Attributes:
         shallow: stage-2 local features ``[B, D, H/8, W/8]``.
-        deep: stage-3 local features ``[B, D, H/16, W/16]`` (``H/8`` with ``deep_stride`` 8).
+        deep: stage-3 local features ``[B, D, H/16, W/16]`` (``H/8`` with ``deep_stride`` 8 or
+            ``local_stage`` 2, where they are projected from stage 2).
         global_: pooled stage-4 feature ``[B, D]``.
     """
 
@@ -58,6 +60,9 @@ class ImageEncoder(nn.Module):
             raise ConfigError(f"image.deep_stride must be 8 or 16, got {config.deep_stride}")
         if not 8 <= config.base_width <= 256:
             raise ConfigError(f"image.base_width must be between 8 and 256, got {config.base_width}")
+        if config.local_stage not in (2, 3):
+            raise ConfigError(f"image.local_stage must be 2 or 3, got {config.local_stage}")
+        self.local_stage = config.local_stage
         self.in_channels = config.in_channels
         self.working_size = int(config.working_size)
         self.backbone = builders[config.arch](in_channels=config.in_channels, base_width=config.base_width)
@@ -67,7 +72,8 @@ class ImageEncoder(nn.Module):
             c * config.base_width // PUBLISHED_BASE_WIDTH for c in STAGE_CHANNELS[config.arch]
         )
         self.local2_embedder = nn.Conv2d(shallow_ch, embed_dim, kernel_size=1, bias=False)
-        self.local_embedder = nn.Conv2d(deep_ch, embed_dim, kernel_size=1, bias=False)
+        local_ch = deep_ch if config.local_stage == 3 else shallow_ch
+        self.local_embedder = nn.Conv2d(local_ch, embed_dim, kernel_size=1, bias=False)
         self.global_embedder = nn.Linear(global_ch, embed_dim)
 
     def forward(self, images: torch.Tensor) -> ImageFeatures:
@@ -84,7 +90,7 @@ class ImageEncoder(nn.Module):
         pooled = torch.flatten(net.avgpool(stage4), 1)
         return ImageFeatures(
             shallow=self.local2_embedder(stage2),
-            deep=self.local_embedder(stage3),
+            deep=self.local_embedder(stage3 if self.local_stage == 3 else stage2),
             global_=self.global_embedder(pooled),
         )
 

@@ -55,6 +55,29 @@ def test_deep_stride_8_doubles_the_deep_grid_with_the_same_weights(arch):
         ImageEncoder(ImageEncoderConfig(arch=arch, deep_stride=4), embed_dim=16)
 
 
+def test_local_stage_2_projects_the_deep_features_from_stage_2_with_a_smaller_receptive_field():
+    def encoder(stage: int) -> ImageEncoder:
+        torch.manual_seed(0)
+        cfg = ImageEncoderConfig(arch="resnet18", in_channels=1, deep_stride=8, base_width=32, local_stage=stage)
+        return ImageEncoder(cfg, embed_dim=16).eval()
+
+    stage3, stage2 = encoder(3), encoder(2)
+    assert stage3.local_embedder.in_channels == 128 and stage2.local_embedder.in_channels == 64
+    images = torch.randn(1, 1, 256, 256)
+    far = images.clone()
+    far[0, 0, 60:68, 128:136] += 5.0  # 64 px above cell (16, 16), whose input centre is pixel (128, 128)
+    with torch.no_grad():
+        a3, b3, a2, b2 = stage3(images), stage3(far), stage2(images), stage2(far)
+    assert a2.deep.shape == a3.deep.shape == (1, 16, 32, 32)
+    # A stage-3 cell sees 211 px and the patch changes it; a stage-2 cell sees 99 px and does not.
+    assert (a3.deep[0, :, 16, 16] - b3.deep[0, :, 16, 16]).abs().max() > 1e-4
+    torch.testing.assert_close(a2.deep[0, :, 16, 16], b2.deep[0, :, 16, 16], rtol=0, atol=0)
+    assert (a2.deep[0, :, 8, 16] - b2.deep[0, :, 8, 16]).abs().max() > 1e-4  # the cell over the patch does change
+    assert preset("small").image.local_stage == 3
+    with pytest.raises(ConfigError, match="local_stage"):
+        ImageEncoder(ImageEncoderConfig(local_stage=4), embed_dim=16)
+
+
 @pytest.mark.parametrize("width", [32, 48])
 def test_base_width_scales_every_stage_and_round_trips(width, tmp_path):
     cfg = preset("small")
