@@ -125,6 +125,13 @@ class LossConfig:
     mirror_consistency: float = 0.0
     #: Share of each batch's images that the mirror consistency reads (at least one image).
     mirror_share: float = 0.25
+    #: Weight of the appearance consistency of the sentence maps (:mod:`afloc_models.appearance_loss`):
+    #: ``appearance_share`` of each batch's images is also encoded with another look (window,
+    #: gamma, blur or sharpening, noise; :mod:`afloc_training.appearance`), and each sentence's
+    #: map over the regions there must match its map on the image as it is. 0 (off) in every preset.
+    appearance_consistency: float = 0.0
+    #: Share of each batch's images that the appearance consistency reads (at least one image).
+    appearance_share: float = 0.25
 
 
 @dataclass
@@ -301,6 +308,12 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         raise ConfigError(f"loss.mirror_consistency must be >= 0 (0: off), got {config.loss.mirror_consistency}")
     if not 0.0 < config.loss.mirror_share <= 1.0:
         raise ConfigError(f"loss.mirror_share must be in (0, 1], got {config.loss.mirror_share}")
+    if config.loss.appearance_consistency < 0:
+        raise ConfigError(
+            f"loss.appearance_consistency must be >= 0 (0: off), got {config.loss.appearance_consistency}"
+        )
+    if not 0.0 < config.loss.appearance_share <= 1.0:
+        raise ConfigError(f"loss.appearance_share must be in (0, 1], got {config.loss.appearance_share}")
     if not 0.0 <= config.optim.ema < 1.0:
         raise ConfigError(f"optim.ema must be in [0, 1) (0: off), got {config.optim.ema}")
     if not 0.0 < config.optim.step_gamma <= 1.0:

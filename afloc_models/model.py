@@ -50,6 +50,8 @@ class AFLocLosses:
     global_: torch.Tensor
     #: Mirror consistency of the sentence maps (``loss.mirror_consistency``), when trained with it.
     mirror: Optional[torch.Tensor] = None
+    #: Appearance consistency of the sentence maps (``loss.appearance_consistency``), when trained with it.
+    appearance: Optional[torch.Tensor] = None
 
     def as_floats(self) -> dict[str, float]:
         values = {
@@ -60,6 +62,8 @@ class AFLocLosses:
         }
         if self.mirror is not None:
             values["loss_mirror"] = float(self.mirror.detach())
+        if self.appearance is not None:
+            values["loss_appearance"] = float(self.appearance.detach())
         return values
 
 

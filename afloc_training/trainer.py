@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from afloc_models.appearance_loss import appearance_consistency_loss
 from afloc_models.config import CPU_PRECISIONS, AFLocConfig, load_config
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
@@ -45,6 +46,7 @@ from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc, AFLocLosses
 from afloc_models.text_encoder import TextFeatures
 from afloc_models.tokenization import TokenizedReports
 from afloc_training import distributed as D
+from afloc_training.appearance import perturb_appearance
 from afloc_training.data import (
     Batch,
     ImageReportPair,
@@ -311,7 +313,7 @@ def _defers_stats(device: torch.device) -> bool:
 
 @dataclass
 class _DeviceStats:
-    """A CUDA step's ``[loss, word, sentence, global, grad_norm]``, still on the device."""
+    """A CUDA step's ``[loss, word, sentence, global, grad_norm, mirror, appearance]``, still on the device."""
 
     values: torch.Tensor
     lr: float
@@ -519,6 +521,10 @@ class _Run:
         # The mirror consistency also encodes the first K images of each rank's batch mirrored.
         loss = self.config.loss
         self.mirror_rows = max(1, round(loss.mirror_share * self.per_rank)) if loss.mirror_consistency > 0 else 0
+        # The appearance consistency encodes the first K' images again with another look.
+        self.appearance_rows = (
+            max(1, round(loss.appearance_share * self.per_rank)) if loss.appearance_consistency > 0 else 0
+        )
         self.collate = ReportCollate(model.tokenizer, channels, self.config.data.crop, mirror_rows=self.mirror_rows)
         self.val_collate = ReportCollate(model.tokenizer, channels, self.config.data.crop)
         self.steps_per_epoch = len(self.sampler) // self.per_rank
@@ -813,7 +819,7 @@ class _Run:
         table = torch.stack([stats.values for _, stats, _ in self.pending]).cpu().tolist()
         pending, self.pending = self.pending, []
         for (step, stats, rate), row in zip(pending, table):
-            loss, word, sentence, glob, grad_norm, mirror = row
+            loss, word, sentence, glob, grad_norm, mirror, appearance = row
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 # The fused optimiser already skipped this update on the device (found_inf).
                 self.bad_steps += 1
@@ -829,6 +835,8 @@ class _Run:
                       "grad_norm": grad_norm, "lr": stats.lr}
             if self.mirror_rows:
                 values["loss_mirror"] = mirror
+            if self.appearance_rows:
+                values["loss_appearance"] = appearance
             self._record_step(values, rate, losses, bar)
 
     def _loader(self) -> DataLoader:
@@ -865,13 +873,21 @@ class _Run:
         device = self.ctx.device
         images = batch.images.to(device, non_blocking=True)
         rows, k = images.shape[0], batch.mirror_rows
+        looks = min(self.appearance_rows, rows)
         if k:
             # The first K images mirrored ride in the same encoder call, after the B originals.
             images = torch.cat([images, images[:k].flip(-1)])
+        if looks:
+            # ... and the first K' with another look after those.
+            images = torch.cat([images, self._perturbed(images[:looks])])
         tokens = batch.tokens.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.bf16):
             image, text = self.encoders(images, tokens)
         image, text = _to_float(image), _to_float(text)
+        appearance = None
+        if looks:
+            image, perturbed_image = _split_rows(image, rows + k)
+            appearance = self._appearance_consistency(image, text, perturbed_image)
         mirror = None
         if k:
             image, mirror_image = _split_rows(image, rows)
@@ -894,6 +910,12 @@ class _Run:
         if mirror is not None:
             losses = dataclasses.replace(
                 losses, total=losses.total + self.config.loss.mirror_consistency * mirror, mirror=mirror
+            )
+        if appearance is not None:
+            losses = dataclasses.replace(
+                losses,
+                total=losses.total + self.config.loss.appearance_consistency * appearance,
+                appearance=appearance,
             )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
@@ -942,6 +964,24 @@ class _Run:
             cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
         )
 
+    def _perturbed(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` with another look (:func:`afloc_training.appearance.perturb_appearance`),
+        drawn from the run's seed and the step, so a resumed run draws the same."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        data = self.config.data
+        return perturb_appearance(images, generator, mean=float(data.mean), std=float(data.std))
+
+    def _appearance_consistency(
+        self, image: ImageFeatures, text: TextFeatures, perturbed_image: ImageFeatures
+    ) -> torch.Tensor:
+        """The appearance-consistency term of this rank's first K' images (:mod:`afloc_models.appearance_loss`)."""
+        k = perturbed_image.deep.shape[0]
+        loss = self.config.loss
+        return appearance_consistency_loss(
+            image.deep[:k], text.sentences[:k], text.n_sentences[:k], perturbed_image.deep,
+            cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
+        )
+
     def _update_on_device(self, losses: AFLocLosses) -> "_DeviceStats":
         """Clip, check and step without a host-device sync (CUDA).
 
@@ -957,9 +997,11 @@ class _Run:
                 p.grad.detach().norm() for p in self.trainable if p.grad is not None
             ]))
         mirror = losses.mirror if losses.mirror is not None else torch.zeros_like(losses.total)
+        appearance = losses.appearance if losses.appearance is not None else torch.zeros_like(losses.total)
         values = torch.stack([
             losses.total.detach().float(), losses.word.detach().float(), losses.sentence.detach().float(),
             losses.global_.detach().float(), grad_norm.detach().float(), mirror.detach().float(),
+            appearance.detach().float(),
         ])
         self.optimizer.found_inf = (~torch.isfinite(values[[0, 4]]).all()).float()
         self.optimizer.step()
