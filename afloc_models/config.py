@@ -132,6 +132,10 @@ class LossConfig:
     appearance_consistency: float = 0.0
     #: Share of each batch's images that the appearance consistency reads (at least one image).
     appearance_share: float = 0.25
+    #: Weight of the mean entropy (nats) of each sentence's attention over the regions of its own
+    #: image (:mod:`afloc_models.entropy_loss`): a positive weight asks for sharp maps. 0 (off) in
+    #: every preset.
+    attention_entropy: float = 0.0
 
 
 @dataclass
@@ -314,6 +318,8 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         )
     if not 0.0 < config.loss.appearance_share <= 1.0:
         raise ConfigError(f"loss.appearance_share must be in (0, 1], got {config.loss.appearance_share}")
+    if config.loss.attention_entropy < 0:
+        raise ConfigError(f"loss.attention_entropy must be >= 0 (0: off), got {config.loss.attention_entropy}")
     if not 0.0 <= config.optim.ema < 1.0:
         raise ConfigError(f"optim.ema must be in [0, 1) (0: off), got {config.optim.ema}")
     if not 0.0 < config.optim.step_gamma <= 1.0:

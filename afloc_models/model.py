@@ -52,6 +52,8 @@ class AFLocLosses:
     mirror: Optional[torch.Tensor] = None
     #: Appearance consistency of the sentence maps (``loss.appearance_consistency``), when trained with it.
     appearance: Optional[torch.Tensor] = None
+    #: Mean entropy of the sentence maps (``loss.attention_entropy``), when trained with it.
+    entropy: Optional[torch.Tensor] = None
 
     def as_floats(self) -> dict[str, float]:
         values = {
@@ -64,6 +66,8 @@ class AFLocLosses:
             values["loss_mirror"] = float(self.mirror.detach())
         if self.appearance is not None:
             values["loss_appearance"] = float(self.appearance.detach())
+        if self.entropy is not None:
+            values["loss_entropy"] = float(self.entropy.detach())
         return values
 
 

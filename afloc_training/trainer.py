@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from afloc_models.appearance_loss import appearance_consistency_loss
 from afloc_models.config import CPU_PRECISIONS, AFLocConfig, load_config
+from afloc_models.entropy_loss import attention_entropy
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
 from afloc_models.mirror_loss import mirror_consistency_loss
@@ -313,7 +314,7 @@ def _defers_stats(device: torch.device) -> bool:
 
 @dataclass
 class _DeviceStats:
-    """A CUDA step's ``[loss, word, sentence, global, grad_norm, mirror, appearance]``, still on the device."""
+    """A CUDA step's ``[loss, word, sentence, global, grad_norm, mirror, appearance, entropy]``, still on the device."""
 
     values: torch.Tensor
     lr: float
@@ -819,7 +820,7 @@ class _Run:
         table = torch.stack([stats.values for _, stats, _ in self.pending]).cpu().tolist()
         pending, self.pending = self.pending, []
         for (step, stats, rate), row in zip(pending, table):
-            loss, word, sentence, glob, grad_norm, mirror, appearance = row
+            loss, word, sentence, glob, grad_norm, mirror, appearance, entropy = row
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 # The fused optimiser already skipped this update on the device (found_inf).
                 self.bad_steps += 1
@@ -837,6 +838,8 @@ class _Run:
                 values["loss_mirror"] = mirror
             if self.appearance_rows:
                 values["loss_appearance"] = appearance
+            if self.config.loss.attention_entropy > 0:
+                values["loss_entropy"] = entropy
             self._record_step(values, rate, losses, bar)
 
     def _loader(self) -> DataLoader:
@@ -893,6 +896,7 @@ class _Run:
             image, mirror_image = _split_rows(image, rows)
             text, mirror_text = _split_rows(text, text.report.shape[0] - k)
             mirror = self._mirror_consistency(image, text, mirror_image, mirror_text)
+        entropy = self._attention_entropy(image, text) if self.config.loss.attention_entropy > 0 else None
         negatives, valid = None, batch.negative_valid
         if valid is not None:
             # The collate put the B swapped reports after the B true ones.
@@ -916,6 +920,10 @@ class _Run:
                 losses,
                 total=losses.total + self.config.loss.appearance_consistency * appearance,
                 appearance=appearance,
+            )
+        if entropy is not None:
+            losses = dataclasses.replace(
+                losses, total=losses.total + self.config.loss.attention_entropy * entropy, entropy=entropy
             )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
@@ -982,6 +990,15 @@ class _Run:
             cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
         )
 
+    def _attention_entropy(self, image: ImageFeatures, text: TextFeatures) -> torch.Tensor:
+        """Mean entropy of the sentence maps of this rank's images (:mod:`afloc_models.entropy_loss`)."""
+        rows = image.deep.shape[0]  # the true reports come first; swapped negatives follow
+        loss = self.config.loss
+        return attention_entropy(
+            image.deep, text.sentences[:rows], text.n_sentences[:rows],
+            cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
+        )
+
     def _update_on_device(self, losses: AFLocLosses) -> "_DeviceStats":
         """Clip, check and step without a host-device sync (CUDA).
 
@@ -998,10 +1015,11 @@ class _Run:
             ]))
         mirror = losses.mirror if losses.mirror is not None else torch.zeros_like(losses.total)
         appearance = losses.appearance if losses.appearance is not None else torch.zeros_like(losses.total)
+        entropy = losses.entropy if losses.entropy is not None else torch.zeros_like(losses.total)
         values = torch.stack([
             losses.total.detach().float(), losses.word.detach().float(), losses.sentence.detach().float(),
             losses.global_.detach().float(), grad_norm.detach().float(), mirror.detach().float(),
-            appearance.detach().float(),
+            appearance.detach().float(), entropy.detach().float(),
         ])
         self.optimizer.found_inf = (~torch.isfinite(values[[0, 4]]).all()).float()
         self.optimizer.step()
