@@ -117,7 +117,7 @@ class LossConfig:
     #: the heatmap reads; :data:`LOCAL_ATTENTIONS`). ``regions`` always runs the
     #: chunked PyTorch path: the fused CUDA kernels implement the published attention only.
     local_attention: str = "words_first"
-    #: Weight of the mirror consistency of the sentence maps (:mod:`afloc_models.mirror_loss`):
+    #: Weight of the mirror consistency of the sentence maps (:func:`afloc_models.map_regularizers.mirror_consistency_loss`):
     #: ``mirror_share`` of each batch's images is also encoded mirrored left-right, its report's
     #: sides exchanged, and each sentence's map over the regions must be the mirror of its map
     #: there. 0 (off) in every preset: measured, it removed the maps' left-right offset but
@@ -125,7 +125,7 @@ class LossConfig:
     mirror_consistency: float = 0.0
     #: Share of each batch's images that the mirror consistency reads (at least one image).
     mirror_share: float = 0.25
-    #: Weight of the appearance consistency of the sentence maps (:mod:`afloc_models.appearance_loss`):
+    #: Weight of the appearance consistency of the sentence maps (:func:`afloc_models.map_regularizers.appearance_consistency_loss`):
     #: ``appearance_share`` of each batch's images is also encoded with another look (window,
     #: gamma, blur or sharpening, noise; :mod:`afloc_training.appearance`), and each sentence's
     #: map over the regions there must match its map on the image as it is. 0 (off) in every preset.
@@ -133,7 +133,7 @@ class LossConfig:
     #: Share of each batch's images that the appearance consistency reads (at least one image).
     appearance_share: float = 0.25
     #: Weight of the mean entropy (nats) of each sentence's attention over the regions of its own
-    #: image (:mod:`afloc_models.entropy_loss`): a positive weight asks for sharp maps. 0 (off) in
+    #: image (:func:`afloc_models.map_regularizers.attention_entropy`): a positive weight asks for sharp maps. 0 (off) in
     #: every preset.
     attention_entropy: float = 0.0
 

@@ -4,7 +4,7 @@
 the way radiographs from another site differ: exposure window, gamma, detector blur or console
 sharpening, noise. Geometry is left alone, so each region still covers the same anatomy and the
 two maps of a sentence can be compared cell by cell
-(:func:`afloc_models.appearance_loss.appearance_consistency_loss`).
+(:func:`afloc_models.map_regularizers.appearance_consistency_loss`).
 
 Runs on the batch tensor, on the training device, after the crop; draws come from a generator the
 trainer seeds with the run's seed and step, so a resumed run perturbs as the uninterrupted one.

@@ -37,12 +37,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from afloc_models.appearance_loss import appearance_consistency_loss
 from afloc_models.config import CPU_PRECISIONS, AFLocConfig, load_config
-from afloc_models.entropy_loss import attention_entropy
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
-from afloc_models.mirror_loss import mirror_consistency_loss
+from afloc_models.map_regularizers import appearance_consistency_loss, attention_entropy, mirror_consistency_loss
 from afloc_models.model import CONFIG_FILE, WEIGHTS_FILE, AFLoc, AFLocLosses
 from afloc_models.text_encoder import TextFeatures
 from afloc_models.tokenization import TokenizedReports
@@ -963,7 +961,7 @@ class _Run:
     def _mirror_consistency(
         self, image: ImageFeatures, text: TextFeatures, mirror_image: ImageFeatures, mirror_text: TextFeatures
     ) -> torch.Tensor:
-        """The mirror-consistency term of this rank's first K images (:mod:`afloc_models.mirror_loss`)."""
+        """The mirror-consistency term of this rank's first K images (:mod:`afloc_models.map_regularizers`)."""
         k = mirror_image.deep.shape[0]
         loss = self.config.loss
         return mirror_consistency_loss(
@@ -982,7 +980,7 @@ class _Run:
     def _appearance_consistency(
         self, image: ImageFeatures, text: TextFeatures, perturbed_image: ImageFeatures
     ) -> torch.Tensor:
-        """The appearance-consistency term of this rank's first K' images (:mod:`afloc_models.appearance_loss`)."""
+        """The appearance-consistency term of this rank's first K' images (:mod:`afloc_models.map_regularizers`)."""
         k = perturbed_image.deep.shape[0]
         loss = self.config.loss
         return appearance_consistency_loss(
@@ -991,7 +989,7 @@ class _Run:
         )
 
     def _attention_entropy(self, image: ImageFeatures, text: TextFeatures) -> torch.Tensor:
-        """Mean entropy of the sentence maps of this rank's images (:mod:`afloc_models.entropy_loss`)."""
+        """Mean entropy of the sentence maps of this rank's images (:mod:`afloc_models.map_regularizers`)."""
         rows = image.deep.shape[0]  # the true reports come first; swapped negatives follow
         loss = self.config.loss
         return attention_entropy(

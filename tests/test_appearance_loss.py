@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from afloc_models.appearance_loss import appearance_consistency_loss
+from afloc_models.map_regularizers import appearance_consistency_loss
 from afloc_models.config import AFLocConfig
 from afloc_models.errors import ConfigError
 from afloc_training.appearance import perturb_appearance
@@ -95,24 +95,18 @@ def test_shapes_are_checked_and_the_config_validates():
 
 @pytest.mark.slow
 def test_training_with_the_term_logs_it_and_adds_it_to_the_total(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from tests.tiny_runs import tiny_run
+    from tests.tiny_runs import TINY_LOSS_RUN, logged_scalars, tiny_run
 
     result = tiny_run(
         tmp_path,
         "loss: {appearance_consistency: 2.0, appearance_share: 0.5, mirror_consistency: 1.0}\n"
-        "optim: {batch_size: 4, warmup_steps: 1, lr: 0.001}\n"
-        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n",
+        + TINY_LOSS_RUN,
         max_steps=3, seed=0,
     )
     assert result.steps == 3 and result.val_loss is not None
-    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*"))))
-    events.Reload()
-    scalars = {name: [e.value for e in events.Scalars(f"train/{name}")]
-               for name in ("loss", "loss_sentence", "loss_global", "loss_mirror", "loss_appearance")}
+    names = ("loss", "loss_sentence", "loss_global", "loss_mirror", "loss_appearance")
+    scalars = logged_scalars(tmp_path, names)
     assert len(scalars["loss_appearance"]) == 3 and all(a >= 0 for a in scalars["loss_appearance"])
     assert any(a > 0 for a in scalars["loss_appearance"])
-    for t, s, g, m, a in zip(*(scalars[k] for k in ("loss", "loss_sentence", "loss_global", "loss_mirror",
-                                                     "loss_appearance"))):
+    for t, s, g, m, a in zip(*(scalars[name] for name in names)):
         assert t == pytest.approx(s + g + m + 2.0 * a, rel=1e-4)  # both terms ride together

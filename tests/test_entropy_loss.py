@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from afloc_models.config import AFLocConfig
-from afloc_models.entropy_loss import attention_entropy
+from afloc_models.map_regularizers import attention_entropy
 from afloc_models.errors import ConfigError
 
 
@@ -52,23 +52,18 @@ def test_the_weight_is_validated():
 
 @pytest.mark.slow
 def test_training_with_the_term_logs_it_and_adds_it_to_the_total(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from tests.tiny_runs import tiny_run
+    from tests.tiny_runs import TINY_LOSS_RUN, logged_scalars, tiny_run
 
     result = tiny_run(
         tmp_path,
         "loss: {attention_entropy: 0.5}\n"
-        "optim: {batch_size: 4, warmup_steps: 1, lr: 0.001}\n"
-        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n",
+        + TINY_LOSS_RUN,
         max_steps=3, seed=0,
     )
     assert result.steps == 3 and result.val_loss is not None
-    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*"))))
-    events.Reload()
-    scalars = {name: [e.value for e in events.Scalars(f"train/{name}")]
-               for name in ("loss", "loss_sentence", "loss_global", "loss_entropy")}
+    names = ("loss", "loss_sentence", "loss_global", "loss_entropy")
+    scalars = logged_scalars(tmp_path, names)
     cells = 8 * 8  # a 64 px crop at output stride 8
     assert len(scalars["loss_entropy"]) == 3 and all(0 < e <= math.log(cells) + 1e-4 for e in scalars["loss_entropy"])
-    for t, s, g, e in zip(*(scalars[k] for k in ("loss", "loss_sentence", "loss_global", "loss_entropy"))):
+    for t, s, g, e in zip(*(scalars[name] for name in names)):
         assert t == pytest.approx(s + g + 0.5 * e, rel=1e-4)

@@ -9,7 +9,7 @@ import torch
 
 from afloc_models.config import AFLocConfig, preset
 from afloc_models.errors import ConfigError
-from afloc_models.mirror_loss import mirror_consistency_loss, region_log_attention
+from afloc_models.map_regularizers import mirror_consistency_loss, region_log_attention
 
 
 def _features(seed: int = 0, k: int = 3, d: int = 8, h: int = 6, w: int = 6, s: int = 2):
@@ -107,24 +107,13 @@ def test_the_collate_appends_the_first_reports_with_sides_exchanged():
 
 @pytest.mark.slow
 def test_training_with_the_term_logs_it_and_keeps_the_other_losses(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tests.tiny_runs import TINY_LOSS_RUN, logged_scalars, tiny_run
 
-    from tests.tiny_runs import tiny_run
-
-    result = tiny_run(
-        tmp_path,
-        "loss: {mirror_consistency: 1.0, mirror_share: 0.5}\n"
-        "optim: {batch_size: 4, warmup_steps: 1, lr: 0.001}\n"
-        "data: {resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}\n",
-        max_steps=3, seed=0,
-    )
+    result = tiny_run(tmp_path, "loss: {mirror_consistency: 1.0, mirror_share: 0.5}\n" + TINY_LOSS_RUN, max_steps=3, seed=0)
     assert result.steps == 3 and result.val_loss is not None
-    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*"))))
-    events.Reload()
-    mirror = [e.value for e in events.Scalars("train/loss_mirror")]
-    sentence = [e.value for e in events.Scalars("train/loss_sentence")]
-    total = [e.value for e in events.Scalars("train/loss")]
-    glob = [e.value for e in events.Scalars("train/loss_global")]
+    names = ("loss", "loss_sentence", "loss_global", "loss_mirror")
+    scalars = logged_scalars(tmp_path, names)
+    mirror = scalars["loss_mirror"]
     assert len(mirror) == 3 and all(m >= 0 for m in mirror) and any(m > 0 for m in mirror)
-    for t, s, g, m in zip(total, sentence, glob, mirror):
+    for t, s, g, m in zip(*(scalars[name] for name in names)):
         assert t == pytest.approx(s + g + m, rel=1e-4)  # small: no word level, weight 1
