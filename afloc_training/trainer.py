@@ -909,20 +909,7 @@ class _Run:
         else:
             negatives, valid = D.gather_negatives(self.ctx, negatives, valid)
             losses = self.model.compute_loss(image, text, negatives, valid)
-        if mirror is not None:
-            losses = dataclasses.replace(
-                losses, total=losses.total + self.config.loss.mirror_consistency * mirror, mirror=mirror
-            )
-        if appearance is not None:
-            losses = dataclasses.replace(
-                losses,
-                total=losses.total + self.config.loss.appearance_consistency * appearance,
-                appearance=appearance,
-            )
-        if entropy is not None:
-            losses = dataclasses.replace(
-                losses, total=losses.total + self.config.loss.attention_entropy * entropy, entropy=entropy
-            )
+        losses = self._with_map_terms(losses, mirror=mirror, appearance=appearance, entropy=entropy)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(
                 self.step, self.total_steps, self.config.optim.warmup_steps, self.config.optim.scheduler,
@@ -969,6 +956,17 @@ class _Run:
             mirror_image.deep, mirror_text.sentences, mirror_text.n_sentences,
             cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
         )
+
+    def _with_map_terms(self, losses: AFLocLosses, **terms: Optional[torch.Tensor]) -> AFLocLosses:
+        """``losses`` with each map term that ran (:mod:`afloc_models.map_regularizers`) recorded
+        and added to the total with its weight."""
+        loss = self.config.loss
+        weights = {"mirror": loss.mirror_consistency, "appearance": loss.appearance_consistency,
+                   "entropy": loss.attention_entropy}
+        for name, value in terms.items():
+            if value is not None:
+                losses = dataclasses.replace(losses, total=losses.total + weights[name] * value, **{name: value})
+        return losses
 
     def _perturbed(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` with another look (:func:`afloc_training.appearance.perturb_appearance`),
