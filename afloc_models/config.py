@@ -65,10 +65,11 @@ class ImageEncoderConfig:
     #: 16x16 grid on a 128 px input) for small findings; weights are the same shapes either way.
     deep_stride: int = 16
     #: Stage whose output the deep (sentence-level) local features are projected from: 3 as
-    #: published, or 2. A stage-2 cell sees about 100 px of the input against stage 3's 230 px
-    #: (ResNet-18), so a cell far from a finding cannot see it; the maps are then held near what
+    #: published, or 2. A stage-2 cell sees 99 px of the input against stage 3's 211 px (the
+    #: ``small`` ResNet-18 at 256 px), so a cell far from a finding cannot see it; the maps are then held near what
     #: they match. Stage 2 has output stride 8, whatever ``deep_stride`` says (that still sets
-    #: stage 3's, which the global feature is pooled after).
+    #: stage 3's, which the global feature is pooled after). Measured worse on every set for two
+    #: seeds of ``small`` (docs/training.md, eighteenth session).
     local_stage: int = 3
     #: Resize the (normalised) input to this square with bilinear ``align_corners=True``
     #: interpolation before the first convolution; 0 keeps the input size. The published
@@ -117,7 +118,8 @@ class LossConfig:
     #: the heatmap reads; :data:`LOCAL_ATTENTIONS`). ``regions`` always runs the
     #: chunked PyTorch path: the fused CUDA kernels implement the published attention only.
     local_attention: str = "words_first"
-    #: Weight of the mirror consistency of the sentence maps (:func:`afloc_models.map_regularizers.mirror_consistency_loss`):
+    #: Weight of the mirror consistency of the sentence maps
+    #: (:func:`afloc_models.map_regularizers.mirror_consistency_loss`):
     #: ``mirror_share`` of each batch's images is also encoded mirrored left-right, its report's
     #: sides exchanged, and each sentence's map over the regions must be the mirror of its map
     #: there. 0 (off) in every preset: measured, it removed the maps' left-right offset but
@@ -125,16 +127,21 @@ class LossConfig:
     mirror_consistency: float = 0.0
     #: Share of each batch's images that the mirror consistency reads (at least one image).
     mirror_share: float = 0.25
-    #: Weight of the appearance consistency of the sentence maps (:func:`afloc_models.map_regularizers.appearance_consistency_loss`):
+    #: Weight of the appearance consistency of the sentence maps
+    #: (:func:`afloc_models.map_regularizers.appearance_consistency_loss`):
     #: ``appearance_share`` of each batch's images is also encoded with another look (window,
     #: gamma, blur or sharpening, noise; :mod:`afloc_training.appearance`), and each sentence's
-    #: map over the regions there must match its map on the image as it is. 0 (off) in every preset.
+    #: map over the regions there must match its map on the image as it is. 0 (off) in every preset:
+    #: measured, it flattened the maps and lowered the pointing game on every set (docs/training.md,
+    #: eighteenth session).
     appearance_consistency: float = 0.0
     #: Share of each batch's images that the appearance consistency reads (at least one image).
     appearance_share: float = 0.25
     #: Weight of the mean entropy (nats) of each sentence's attention over the regions of its own
-    #: image (:func:`afloc_models.map_regularizers.attention_entropy`): a positive weight asks for sharp maps. 0 (off) in
-    #: every preset.
+    #: image (:func:`afloc_models.map_regularizers.attention_entropy`): a positive weight asks for
+    #: sharp maps.
+    #: 0 (off) in every preset: 0.25 collapsed every map onto one border cell; 0.02 split two seeds
+    #: (docs/training.md, eighteenth session).
     attention_entropy: float = 0.0
 
 
