@@ -140,8 +140,8 @@ class LossConfig:
     #: Weight of the mean entropy (nats) of each sentence's attention over the regions of its own
     #: image (:func:`afloc_models.map_regularizers.attention_entropy`): a positive weight asks for
     #: sharp maps.
-    #: 0 (off) in every preset: 0.25 collapsed every map onto one border cell; 0.02 split two seeds
-    #: (docs/training.md, eighteenth session).
+    #: 0 (off) in every preset: 0.25 collapsed every map onto one border cell; 0.02 widened the spread
+    #: between seeds, the worst of three lower on every set (docs/training.md, eighteenth session).
     attention_entropy: float = 0.0
 
 
