@@ -132,8 +132,7 @@ def attention_entropy(
         Scalar in ``[0, log(H * W)]``: 0 when every sentence attends to a single cell,
         ``log(H * W)`` when every attention is uniform.
     """
-    if deep.shape[0] != sentences.shape[0]:
-        raise ValueError("expected one report per image")
+    _check_reports(deep, sentences)
     log_p = region_log_attention(deep, sentences, cosine, temp1)
     entropy = -(log_p.exp() * log_p).sum(dim=(2, 3))  # [K, S]
     return _mean_over_sentences(entropy, n_sentences)
@@ -142,6 +141,10 @@ def attention_entropy(
 def _check_pair(deep: torch.Tensor, other: torch.Tensor, sentences: torch.Tensor, what: str) -> None:
     if deep.shape != other.shape:
         raise ValueError(f"image and {what} features differ in shape: {tuple(deep.shape)} vs {tuple(other.shape)}")
+    _check_reports(deep, sentences)
+
+
+def _check_reports(deep: torch.Tensor, sentences: torch.Tensor) -> None:
     if deep.shape[0] != sentences.shape[0]:
         raise ValueError("expected one report per image")
 

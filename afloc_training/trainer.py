@@ -945,16 +945,21 @@ class _Run:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         return values
 
+    def _region_scoring(self) -> dict[str, Any]:
+        """How the map terms score regions: as the local loss's attention does (``cosine`` for
+        ``loss.local_attention: regions_cosine``, the scaled inner product otherwise)."""
+        loss = self.config.loss
+        return {"cosine": loss.local_attention == "regions_cosine", "temp1": loss.temp1}
+
     def _mirror_consistency(
         self, image: ImageFeatures, text: TextFeatures, mirror_image: ImageFeatures, mirror_text: TextFeatures
     ) -> torch.Tensor:
         """The mirror-consistency term of this rank's first K images (:mod:`afloc_models.map_regularizers`)."""
         k = mirror_image.deep.shape[0]
-        loss = self.config.loss
         return mirror_consistency_loss(
             image.deep[:k], text.sentences[:k], text.n_sentences[:k],
             mirror_image.deep, mirror_text.sentences, mirror_text.n_sentences,
-            cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
+            **self._region_scoring(),
         )
 
     def _with_map_terms(self, losses: AFLocLosses, **terms: Optional[torch.Tensor]) -> AFLocLosses:
@@ -980,19 +985,17 @@ class _Run:
     ) -> torch.Tensor:
         """The appearance-consistency term of this rank's first K' images (:mod:`afloc_models.map_regularizers`)."""
         k = perturbed_image.deep.shape[0]
-        loss = self.config.loss
         return appearance_consistency_loss(
             image.deep[:k], text.sentences[:k], text.n_sentences[:k], perturbed_image.deep,
-            cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
+            **self._region_scoring(),
         )
 
     def _attention_entropy(self, image: ImageFeatures, text: TextFeatures) -> torch.Tensor:
         """Mean entropy of the sentence maps of this rank's images (:mod:`afloc_models.map_regularizers`)."""
         rows = image.deep.shape[0]  # the true reports come first; swapped negatives follow
-        loss = self.config.loss
         return attention_entropy(
             image.deep, text.sentences[:rows], text.n_sentences[:rows],
-            cosine=loss.local_attention == "regions_cosine", temp1=loss.temp1,
+            **self._region_scoring(),
         )
 
     def _update_on_device(self, losses: AFLocLosses) -> "_DeviceStats":
