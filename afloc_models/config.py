@@ -143,6 +143,10 @@ class LossConfig:
     #: 0 (off) in every preset: 0.25 collapsed every map onto one border cell; 0.02 widened the spread
     #: between seeds, the worst of three lower on every set (docs/training.md, eighteenth session).
     attention_entropy: float = 0.0
+    #: Outermost rings of the deep (sentence-level) feature grid left out of each sentence's
+    #: attention in training; the predictor holds them at each map's interior minimum
+    #: (:mod:`afloc_models.border_cells`). 0 keeps every cell.
+    border_cells: int = 0
 
 
 @dataclass
@@ -327,6 +331,8 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         raise ConfigError(f"loss.appearance_share must be in (0, 1], got {config.loss.appearance_share}")
     if config.loss.attention_entropy < 0:
         raise ConfigError(f"loss.attention_entropy must be >= 0 (0: off), got {config.loss.attention_entropy}")
+    if config.loss.border_cells < 0:
+        raise ConfigError(f"loss.border_cells must be >= 0 (0: off), got {config.loss.border_cells}")
     if not 0.0 <= config.optim.ema < 1.0:
         raise ConfigError(f"optim.ema must be in [0, 1) (0: off), got {config.optim.ema}")
     if not 0.0 < config.optim.step_gamma <= 1.0:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from afloc_models.border_cells import interior
 from afloc_models.config import CPU_PRECISIONS, AFLocConfig, load_config
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
@@ -951,14 +952,18 @@ class _Run:
         loss = self.config.loss
         return {"cosine": loss.local_attention == "regions_cosine", "temp1": loss.temp1}
 
+    def _attended(self, deep: torch.Tensor) -> torch.Tensor:
+        """The deep cells the sentence attention covers (``loss.border_cells``, :mod:`afloc_models.border_cells`)."""
+        return interior(deep, self.config.loss.border_cells)
+
     def _mirror_consistency(
         self, image: ImageFeatures, text: TextFeatures, mirror_image: ImageFeatures, mirror_text: TextFeatures
     ) -> torch.Tensor:
         """The mirror-consistency term of this rank's first K images (:mod:`afloc_models.map_regularizers`)."""
         k = mirror_image.deep.shape[0]
         return mirror_consistency_loss(
-            image.deep[:k], text.sentences[:k], text.n_sentences[:k],
-            mirror_image.deep, mirror_text.sentences, mirror_text.n_sentences,
+            self._attended(image.deep[:k]), text.sentences[:k], text.n_sentences[:k],
+            self._attended(mirror_image.deep), mirror_text.sentences, mirror_text.n_sentences,
             **self._region_scoring(),
         )
 
@@ -986,7 +991,8 @@ class _Run:
         """The appearance-consistency term of this rank's first K' images (:mod:`afloc_models.map_regularizers`)."""
         k = perturbed_image.deep.shape[0]
         return appearance_consistency_loss(
-            image.deep[:k], text.sentences[:k], text.n_sentences[:k], perturbed_image.deep,
+            self._attended(image.deep[:k]), text.sentences[:k], text.n_sentences[:k],
+            self._attended(perturbed_image.deep),
             **self._region_scoring(),
         )
 
@@ -994,7 +1000,7 @@ class _Run:
         """Mean entropy of the sentence maps of this rank's images (:mod:`afloc_models.map_regularizers`)."""
         rows = image.deep.shape[0]  # the true reports come first; swapped negatives follow
         return attention_entropy(
-            image.deep, text.sentences[:rows], text.n_sentences[:rows],
+            self._attended(image.deep), text.sentences[:rows], text.n_sentences[:rows],
             **self._region_scoring(),
         )
 

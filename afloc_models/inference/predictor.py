@@ -39,6 +39,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from afloc_models.border_cells import hold_border
 from afloc_models.errors import ConfigError, EmptyReportError, ImageReadError, PromptError
 from afloc_models.imaging import (
     MAX_IMAGE_PIXELS,
@@ -724,16 +725,23 @@ class AFLocPredictor:
         """
         deep_maps, shallow_maps = self._grid_maps(image.deep, image.shallow, [texts[p.mapped] for p in prompts], level)
         if not self.mirror:
-            return deep_maps, shallow_maps
+            return self._held(deep_maps), shallow_maps
         if image.mirror_deep is None or image.mirror_shallow is None:
             raise RuntimeError("image features without their mirror while mirror is on")  # a cache-key bug
         mirror_deep, mirror_shallow = self._grid_maps(
             image.mirror_deep, image.mirror_shallow, [texts[p.mirrored] for p in prompts], level
         )
         return (
-            None if deep_maps is None else mirror_average(deep_maps, mirror_deep),
+            None if deep_maps is None else self._held(mirror_average(deep_maps, mirror_deep)),
             None if shallow_maps is None else mirror_average(shallow_maps, mirror_shallow),
         )
+
+    def _held(self, deep_maps: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Deep maps with the rings the model was trained not to attend (``loss.border_cells``)
+        held at each map's interior minimum (:func:`~afloc_models.border_cells.hold_border`)."""
+        if deep_maps is None:
+            return None
+        return hold_border(deep_maps, self.config.loss.border_cells)
 
     def _grid_maps(
         self, deep: torch.Tensor, shallow: torch.Tensor, mapped: list[_TextEntry], level: str
