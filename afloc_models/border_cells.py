@@ -55,3 +55,13 @@ def hold_border(maps: torch.Tensor, cells: int) -> torch.Tensor:
     ring = border_mask(maps.shape[-2], maps.shape[-1], cells, maps.device)
     low = interior(maps, cells).flatten(1).min(dim=1).values[:, None, None]
     return torch.where(ring, low.to(maps.dtype), maps)
+
+
+def with_sink(regions: torch.Tensor, sink: torch.Tensor | None) -> torch.Tensor:
+    """Deep regions ``[B, D, H, W]`` and learned cells ``[D, K]`` -> ``[B, D, H * W + K, 1]``, the
+    grid flattened into one column (the local loss reads regions as a flat list)."""
+    if sink is None:
+        return regions
+    flat = regions.flatten(2)
+    cells = sink.to(flat.dtype)[None].expand(flat.shape[0], -1, -1)
+    return torch.cat([flat, cells], dim=2)[..., None]

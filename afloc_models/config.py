@@ -78,6 +78,11 @@ class ImageEncoderConfig:
     #: Channels of the stem and first stage (64 as published; each later stage doubles them).
     #: 32 is a ResNet of a quarter of the compute, for CPU budgets where steps are scarce.
     base_width: int = 64
+    #: Learned cells appended to every image's deep regions in the sentence attention (training
+    #: only): a place for attention a sentence cannot use, so it need not park on real cells
+    #: (the edge, measured in docs/training.md, eighteenth session). They are never on a map.
+    #: 0 (none) in every preset.
+    sink_cells: int = 0
 
 
 @dataclass

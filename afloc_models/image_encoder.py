@@ -75,6 +75,13 @@ class ImageEncoder(nn.Module):
         local_ch = deep_ch if config.local_stage == 3 else shallow_ch
         self.local_embedder = nn.Conv2d(local_ch, embed_dim, kernel_size=1, bias=False)
         self.global_embedder = nn.Linear(global_ch, embed_dim)
+        if config.sink_cells < 0:
+            raise ConfigError(f"image.sink_cells must be >= 0 (0: none), got {config.sink_cells}")
+        if config.sink_cells:
+            #: ``[D, K]`` learned cells the sentence attention may use besides the image's own.
+            self.sink = nn.Parameter(torch.randn(embed_dim, config.sink_cells) * embed_dim**-0.5)
+        else:
+            self.register_parameter("sink", None)
 
     def forward(self, images: torch.Tensor) -> ImageFeatures:
         """Encode normalised images ``[B, C, H, W]`` (C = 1 or 3) into :class:`ImageFeatures`."""

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from afloc_models.atomic import replace_dir
-from afloc_models.border_cells import interior
+from afloc_models.border_cells import interior, with_sink
 from afloc_models.config import AFLocConfig, load_config
 from afloc_models.errors import CheckpointError
 from afloc_models.image_encoder import ImageEncoder, ImageFeatures
@@ -152,7 +152,8 @@ class AFLoc(nn.Module):
         if cfg.weight_word:
             word = sum(local_loss(image.shallow, text.words, text.n_words, negatives=word_neg, **temps))
         if cfg.weight_sentence:
-            sentence = sum(local_loss(interior(image.deep, cfg.border_cells), text.sentences, text.n_sentences, negatives=sent_neg, **temps))
+            regions = with_sink(interior(image.deep, cfg.border_cells), self.image_encoder.sink)
+            sentence = sum(local_loss(regions, text.sentences, text.n_sentences, negatives=sent_neg, **temps))
         if cfg.weight_global:
             glob = sum(global_loss(image.global_, text.report, temp3=cfg.temp3, negatives=glob_neg))
         total = cfg.weight_word * word + cfg.weight_sentence * sentence + cfg.weight_global * glob
