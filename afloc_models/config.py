@@ -83,6 +83,10 @@ class ImageEncoderConfig:
     #: (the edge, measured in docs/training.md, eighteenth session). They are never on a map.
     #: 0 (none) in every preset.
     sink_cells: int = 0
+    #: How the backbone's convolutions pad the image edge: ``zeros`` (as published) or
+    #: ``replicate`` (the edge pixels repeated). Zero padding tells every cell near the edge where
+    #: it is; repeated pixels do not, so the edge cells cannot be told apart from their content.
+    padding: str = "zeros"
 
 
 @dataclass

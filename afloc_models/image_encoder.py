@@ -68,6 +68,10 @@ class ImageEncoder(nn.Module):
         self.backbone = builders[config.arch](in_channels=config.in_channels, base_width=config.base_width)
         if config.deep_stride == 8:
             _dilate_stage(self.backbone.layer3)
+        if config.padding not in PADDINGS:
+            raise ConfigError(f"image.padding must be one of {', '.join(PADDINGS)}, got {config.padding!r}")
+        if config.padding != "zeros":
+            _pad_edges(self.backbone, config.padding)
         shallow_ch, deep_ch, global_ch = (
             c * config.base_width // PUBLISHED_BASE_WIDTH for c in STAGE_CHANNELS[config.arch]
         )
@@ -114,6 +118,20 @@ class ImageEncoder(nn.Module):
             weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
             return (images * weights).sum(dim=1, keepdim=True)
         raise ValueError(f"images have {channels} channels; the encoder takes 1 or 3")
+
+
+#: Values of ``image.padding``.
+PADDINGS = ("zeros", "replicate")
+
+
+def _pad_edges(backbone: nn.Module, mode: str) -> None:
+    """Every padded convolution of ``backbone`` pads with ``mode`` instead of zeros (after any
+    dilation has set its final padding). Weights keep their shapes and names."""
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d) and any(p > 0 for p in module.padding):
+            module.padding_mode = mode
+            # nn.Conv2d pads non-zero modes with this list, computed once at construction.
+            module._reversed_padding_repeated_twice = [p for p in reversed(module.padding) for _ in range(2)]
 
 
 def _dilate_stage(stage: nn.Sequential) -> None:
