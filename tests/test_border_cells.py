@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from afloc_models.border_cells import border_mask, hold_border, interior
+from afloc_models.border_cells import border_mask, hold_border, interior, with_sink
 from afloc_models.config import AFLocConfig, preset
 from afloc_models.errors import ConfigError
 from afloc_models.image_encoder import ImageFeatures
@@ -112,3 +112,28 @@ def test_a_training_run_attends_the_interior_only_and_serves_held_maps(tmp_path)
                                         "left pleural effusion", "deep")
     edge = 12  # 1.5 cells at output stride 8: pixels interpolated between held cells only
     assert np.allclose(maps[0, :edge], maps[0].min()) and np.allclose(maps[0, :, -edge:], maps[0].min())
+
+
+def test_sink_cells_join_the_sentence_attention_and_learn():
+    cfg = preset("small")
+    cfg.image.sink_cells = 2
+    torch.manual_seed(0)
+    model = AFLoc(cfg)
+    sink = model.image_encoder.sink
+    assert tuple(sink.shape) == (cfg.embed_dim, 2)
+    text = model.encode_text(model.tokenize([["left lower opacity"], ["no pneumothorax", "heart is enlarged"]]))
+    deep = torch.randn(2, cfg.embed_dim, 6, 6)
+    regions = with_sink(deep, sink)
+    assert tuple(regions.shape) == (2, cfg.embed_dim, 38, 1)
+    torch.testing.assert_close(regions[1, :, 36:, 0], sink.detach())
+    losses = model.compute_loss(_features(model, deep), text)
+    losses.sentence.backward()
+    assert float(sink.grad.abs().sum()) > 0
+    # A sink aligned with a sentence draws that sentence's attention and changes the loss.
+    with torch.no_grad():
+        sink[:, 0] = 10.0 * text.sentences[0, :, 0]
+    assert not torch.allclose(model.compute_loss(_features(model, deep), text).sentence, losses.sentence.detach())
+    # Without sink cells the encoder has no such parameter (checkpoints stay as they were).
+    assert AFLoc(preset("small")).image_encoder.sink is None
+    with pytest.raises(ConfigError, match="image.sink_cells must be >= 0"):
+        AFLoc(AFLocConfig.from_dict({"base": "small", "image": {"sink_cells": -1}}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -394,3 +395,24 @@ def test_batched_token_cache_encodes_new_reports_together_and_matches_the_body()
     torch.testing.assert_close(first, expected * padded, atol=1e-4, rtol=1e-4)
     # Cached rows are copies, not views of a batch's whole output.
     assert all(row._base is None for row in cache._rows.values())
+
+
+def test_replicate_padding_gives_the_edge_cells_no_cue_of_where_they_are():
+    import torch.nn.functional as F
+
+    config = preset("small")
+    config.image.padding = "replicate"
+    torch.manual_seed(0)
+    encoder = ImageEncoder(config.image, 32).eval()
+    conv = encoder.backbone.layer3[0].conv2  # dilated by deep_stride 8: padding 2
+    assert conv.padding_mode == "replicate" and conv.padding == (2, 2)
+    x = torch.randn(1, conv.in_channels, 12, 12)
+    padded = F.pad(x, [2, 2, 2, 2], mode="replicate")
+    torch.testing.assert_close(conv(x), F.conv2d(padded, conv.weight, None, 1, 0, conv.dilation))
+    # A uniform image gives the same feature in every cell; zero padding marks the edge cells.
+    with torch.no_grad():
+        assert float(encoder(torch.ones(1, 1, 128, 128)).deep.std(dim=(2, 3)).max()) < 1e-5
+        zeros = ImageEncoder(preset("small").image, 32).eval()
+        assert float(zeros(torch.ones(1, 1, 128, 128)).deep.std(dim=(2, 3)).max()) > 1e-2
+    with pytest.raises(ConfigError, match="image.padding must be one of zeros, replicate"):
+        ImageEncoder(dataclasses.replace(config.image, padding="reflect"), 32)
