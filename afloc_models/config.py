@@ -81,7 +81,8 @@ class ImageEncoderConfig:
     #: Learned cells appended to every image's deep regions in the sentence attention (training
     #: only): a place for attention a sentence cannot use, so it need not park on real cells
     #: (the edge, measured in docs/training.md, eighteenth session). They are never on a map.
-    #: 0 (none) in every preset.
+    #: 0 (none) in every preset: one sink cell left the edge peaks in place and lowered the mean
+    #: pointing game on every set over two seeds of ``small`` (docs/training.md, nineteenth session).
     sink_cells: int = 0
     #: How the backbone's convolutions pad the image edge: ``zeros`` (as published) or
     #: ``replicate`` (the edge pixels repeated). Zero padding tells every cell near the edge where
@@ -154,7 +155,8 @@ class LossConfig:
     attention_entropy: float = 0.0
     #: Outermost rings of the deep (sentence-level) feature grid left out of each sentence's
     #: attention in training; the predictor holds them at each map's interior minimum
-    #: (:mod:`afloc_models.border_cells`). 0 keeps every cell.
+    #: (:mod:`afloc_models.border_cells`). 0 (every cell) in every preset: 2 rings lowered the
+    #: pointing game on every set for two seeds of ``small`` (docs/training.md, nineteenth session).
     border_cells: int = 0
 
 
