@@ -87,6 +87,8 @@ class ImageEncoderConfig:
     #: How the backbone's convolutions pad the image edge: ``zeros`` (as published) or
     #: ``replicate`` (the edge pixels repeated). Zero padding tells every cell near the edge where
     #: it is; repeated pixels do not, so the edge cells cannot be told apart from their content.
+    #: ``zeros`` in every preset: ``replicate`` lost the maps' vertical placement for one of two
+    #: seeds of ``small`` (docs/training.md, nineteenth session).
     padding: str = "zeros"
 
 
