@@ -157,7 +157,7 @@ class LossConfig:
     attention_entropy: float = 0.0
     #: Outermost rings of the deep (sentence-level) feature grid left out of each sentence's
     #: attention in training; the predictor holds them at each map's interior minimum
-    #: (:mod:`afloc_models.border_cells`). 0 (every cell) in every preset: 2 rings lowered the
+    #: (:mod:`afloc_models.attended_cells`). 0 (every cell) in every preset: 2 rings lowered the
     #: pointing game on every set for two seeds of ``small`` (docs/training.md, nineteenth session).
     border_cells: int = 0
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from afloc_models.atomic import replace_dir
-from afloc_models.border_cells import interior, with_sink
+from afloc_models.attended_cells import interior, with_sink
 from afloc_models.config import AFLocConfig, load_config
 from afloc_models.errors import CheckpointError
 from afloc_models.image_encoder import ImageEncoder, ImageFeatures

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from afloc_models.border_cells import interior
+from afloc_models.attended_cells import interior
 from afloc_models.config import CPU_PRECISIONS, AFLocConfig, load_config
 from afloc_models.errors import AFLocError, CheckpointError, ConfigError
 from afloc_models.image_encoder import ImageFeatures
@@ -953,7 +953,7 @@ class _Run:
         return {"cosine": loss.local_attention == "regions_cosine", "temp1": loss.temp1}
 
     def _attended(self, deep: torch.Tensor) -> torch.Tensor:
-        """The deep cells the sentence attention covers (``loss.border_cells``, :mod:`afloc_models.border_cells`)."""
+        """The deep cells the sentence attention covers (``loss.border_cells``, :mod:`afloc_models.attended_cells`)."""
         return interior(deep, self.config.loss.border_cells)
 
     def _mirror_consistency(

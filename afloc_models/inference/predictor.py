@@ -39,7 +39,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from afloc_models.border_cells import hold_border
+from afloc_models.attended_cells import hold_border
 from afloc_models.errors import ConfigError, EmptyReportError, ImageReadError, PromptError
 from afloc_models.imaging import (
     MAX_IMAGE_PIXELS,
@@ -738,7 +738,7 @@ class AFLocPredictor:
 
     def _held(self, deep_maps: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Deep maps with the rings the model was trained not to attend (``loss.border_cells``)
-        held at each map's interior minimum (:func:`~afloc_models.border_cells.hold_border`)."""
+        held at each map's interior minimum (:func:`~afloc_models.attended_cells.hold_border`)."""
         if deep_maps is None:
             return None
         return hold_border(deep_maps, self.config.loss.border_cells)

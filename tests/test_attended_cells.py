@@ -1,5 +1,6 @@
-"""``loss.border_cells``: the outer rings of the deep grid, out of the sentence attention in
-training and held at each map's interior minimum when serving."""
+"""The cells the sentence attention covers: ``loss.border_cells`` (the outer rings of the deep
+grid, out of the attention in training and held at each map's interior minimum when serving) and
+``image.sink_cells`` (learned cells the attention may use besides the image's own)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from afloc_models.border_cells import border_mask, hold_border, interior, with_sink
+from afloc_models.attended_cells import border_mask, hold_border, interior, with_sink
 from afloc_models.config import AFLocConfig, preset
 from afloc_models.errors import ConfigError
 from afloc_models.image_encoder import ImageFeatures

@@ -1,16 +1,21 @@
-"""The outermost rings of the deep feature grid, left out of the sentence attention.
+"""Which cells the sentence attention covers in training, and what the served maps show of them.
 
-A model may learn to park attention it has no use for on the cells at the image's edge (a
-sink): measured on the served `small` models, 7-9 % of the map peaks on the independently
-written external phantoms lay within 4 % of the edge and none of them inside a lesion
-(docs/training.md, eighteenth session). With ``loss.border_cells: k`` the sentence level
-attends over the interior cells only, ``k`` rings in from every side of the square grid, and
-the predictor holds those rings at each map's interior minimum, so a map never points where
-the model was not trained to look.
+**The edge** (``loss.border_cells``). A model may put attention on the cells at the image's edge:
+measured on the served `small` models, 7-9 % of the map peaks on the independently written
+external phantoms lay within 4 % of the edge and none of them inside a lesion (docs/training.md,
+eighteenth session). With ``loss.border_cells: k`` the sentence level attends over the interior
+cells only, ``k`` rings in from every side of the square grid, and the predictor holds those rings
+at each map's interior minimum, so a map never points where the model was not trained to look.
+
+**Sink cells** (``image.sink_cells``). Learned vectors appended to every image's regions: a place
+for attention a sentence cannot use. They are weights of the image encoder and never on a map.
 
 - :func:`interior`: ``[B, D, H, W]`` -> ``[B, D, H - 2k, W - 2k]`` (training).
+- :func:`with_sink`: ``[B, D, H, W]`` and ``[D, K]`` -> ``[B, D, H * W + K, 1]`` (training).
 - :func:`hold_border`: ``[P, h, w]`` maps with their ``k`` outer rings set to the map's interior
   minimum (serving).
+
+Both measured on ``small`` and off in every preset (docs/training.md, nineteenth session).
 """
 
 from __future__ import annotations
