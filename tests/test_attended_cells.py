@@ -44,7 +44,7 @@ def test_too_many_rings_or_a_negative_count_are_clear_errors():
     assert AFLocConfig.from_dict({"base": "small"}).loss.border_cells == 0
 
 
-def _features(model: AFLoc, deep: torch.Tensor) -> ImageFeatures:
+def _features(deep: torch.Tensor) -> ImageFeatures:
     b = deep.shape[0]
     return ImageFeatures(shallow=torch.randn(b, deep.shape[1], 8, 8), deep=deep, global_=torch.randn(b, deep.shape[1]))
 
@@ -57,7 +57,7 @@ def test_the_sentence_loss_never_reads_the_border_cells():
     text = model.encode_text(model.tokenize([["left lower opacity"], ["no pneumothorax", "heart is enlarged"]]))
     d = text.sentences.shape[1]
     deep = torch.randn(2, d, 8, 8, requires_grad=True)
-    losses = model.compute_loss(_features(model, deep), text)
+    losses = model.compute_loss(_features(deep), text)
     losses.sentence.backward()
     ring = border_mask(8, 8, 2)
     grad = deep.grad.abs().sum(dim=(0, 1))
@@ -65,9 +65,9 @@ def test_the_sentence_loss_never_reads_the_border_cells():
     # Changing the border cells leaves the loss as it was; with every cell attended it changes.
     moved = deep.detach().clone()
     moved[:, :, ring] += 5.0 * torch.randn_like(moved[:, :, ring])
-    torch.testing.assert_close(model.compute_loss(_features(model, moved), text).sentence, losses.sentence.detach())
+    torch.testing.assert_close(model.compute_loss(_features(moved), text).sentence, losses.sentence.detach())
     model.config.loss.border_cells = 0
-    assert not torch.allclose(model.compute_loss(_features(model, moved), text).sentence, losses.sentence.detach())
+    assert not torch.allclose(model.compute_loss(_features(moved), text).sentence, losses.sentence.detach())
 
 
 @pytest.mark.parametrize("mirror", ["on", "off"])
@@ -80,9 +80,8 @@ def test_served_maps_hold_the_rings_at_the_interior_minimum(mirror):
     image = rng.random((256, 256)).astype(np.float32)
     prompts = ["right lower lobe nodule", "cardiomegaly"]
     settings = HeatmapSettings(mirror=mirror, sigma_cells=0.0)
-    maps0, box = AFLocPredictor(plain, device="cpu", settings=settings).square_heatmaps(image, prompts, "deep")
+    maps0, _ = AFLocPredictor(plain, device="cpu", settings=settings).square_heatmaps(image, prompts, "deep")
     maps2, _ = AFLocPredictor(held, device="cpu", settings=settings).square_heatmaps(image, prompts, "deep")
-    size = box.size
     cell = 8  # `small` reads its deep grid at output stride 8
     edge = int(1.5 * cell)  # pixels interpolated between held cells only
     for m0, m2 in zip(maps0, maps2):
@@ -126,13 +125,13 @@ def test_sink_cells_join_the_sentence_attention_and_learn():
     regions = with_sink(deep, sink)
     assert tuple(regions.shape) == (2, cfg.embed_dim, 38, 1)
     torch.testing.assert_close(regions[1, :, 36:, 0], sink.detach())
-    losses = model.compute_loss(_features(model, deep), text)
+    losses = model.compute_loss(_features(deep), text)
     losses.sentence.backward()
     assert float(sink.grad.abs().sum()) > 0
     # A sink aligned with a sentence draws that sentence's attention and changes the loss.
     with torch.no_grad():
         sink[:, 0] = 10.0 * text.sentences[0, :, 0]
-    assert not torch.allclose(model.compute_loss(_features(model, deep), text).sentence, losses.sentence.detach())
+    assert not torch.allclose(model.compute_loss(_features(deep), text).sentence, losses.sentence.detach())
     # Without sink cells the encoder has no such parameter (checkpoints stay as they were).
     assert AFLoc(preset("small")).image_encoder.sink is None
     with pytest.raises(ConfigError, match="image.sink_cells must be >= 0"):
