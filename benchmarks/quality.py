@@ -15,8 +15,9 @@ Not a test: it trains for minutes. The default run (2-core CPU)::
    one the server reads this model's maps with (``similarity: auto``: ``cosine`` for a
    ``regions_cosine`` model, ``dot`` otherwise). That served similarity is the in-domain column
    of the side-by-side table and the targets, and the only one scored on the external sets. Maps
-   are mirror averaged as the server reads them (``--mirror auto``; ``--mirror off`` reads once,
-   as every record before 2026-12-03 did).
+   are read as the server reads them (``--mirror auto``: prompts that name a side mirror
+   averaged, ``--refine auto``: guided by the image; ``--mirror on --refine off`` reads them as
+   records from 2026-12-03 to 2026-12-05 did, ``--mirror off --refine off`` as those before).
 4. Ablations, each from scratch with the shorter ``--ablation-minutes`` budget: the full loss at that
    budget (the reference), no word loss, no sentence loss, global loss only (weights set to 0).
 
@@ -104,9 +105,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
     parser.add_argument(
-        "--mirror", choices=("auto", "on", "off"), default="auto",
-        help="mirror averaging of the maps (auto, the server's default: on for project checkpoints; "
-        "docs/inference.md)",
+        "--mirror", choices=("auto", "on", "sides", "off"), default="auto",
+        help="mirror averaging of the maps (auto, the server's default: sides, i.e. prompts that name a "
+        "side, for project checkpoints; docs/inference.md)",
+    )
+    parser.add_argument(
+        "--refine", choices=("auto", "guided", "off"), default="auto",
+        help="guided refinement of the maps by the image (auto, the server's default: guided for project "
+        "checkpoints; docs/inference.md)",
     )
     parser.add_argument(
         "--external", type=Path, default=None,
@@ -237,8 +243,12 @@ def _external_metrics(args, checkpoint: Path, similarity: str, bootstrap: Option
     """Maps read as the server reads them (``similarity``), at the checkpoint's own inference
     size, on every external set."""
     resamples = args.bootstrap if bootstrap is None else bootstrap
-    return {name: evaluate_checkpoint(checkpoint, path, args.level, similarity, resamples, args.seed, mirror=args.mirror)
-            for name, path in _external_sets(args).items()}
+    return {
+        name: evaluate_checkpoint(
+            checkpoint, path, args.level, similarity, resamples, args.seed, mirror=args.mirror, refine=args.refine
+        )
+        for name, path in _external_sets(args).items()
+    }
 
 
 def side_by_side(main: dict[str, Any]) -> dict[str, Any]:
@@ -417,7 +427,11 @@ def _score_curve(args, snapshots: _Snapshots, test_dir: Path, history: list[dict
         done = [s for s in val_by_step if s <= step]
         row: dict[str, Any] = {"step": step, "val_loss": val_by_step[max(done)] if done else None}
         similarity = _served_similarity(AFLocConfig.from_yaml(folder / "config.yaml"))
-        scored = {"in_domain": evaluate_checkpoint(folder, test_dir, args.level, similarity, 0, args.seed, mirror=args.mirror)}
+        scored = {
+            "in_domain": evaluate_checkpoint(
+                folder, test_dir, args.level, similarity, 0, args.seed, mirror=args.mirror, refine=args.refine
+            )
+        }
         scored.update({f"external_{k}": v for k, v in _external_metrics(args, folder, similarity, bootstrap=0).items()})
         for column, metrics in scored.items():
             row[column] = {k: metrics["overall"][k] for k in ("pointing_game", "cnr")}
@@ -446,7 +460,8 @@ def _metrics_by_size(
     :func:`_metric_key` (``dot`` at the config's own size, ``dot@224`` at another)."""
     return {
         _metric_key(similarity, size, config): evaluate_checkpoint(
-            checkpoint, test_dir, args.level, similarity, args.bootstrap, args.seed, input_size=size, mirror=args.mirror
+            checkpoint, test_dir, args.level, similarity, args.bootstrap, args.seed, input_size=size,
+            mirror=args.mirror, refine=args.refine,
         )
         for size in _infer_sizes(args, config)
         for similarity in similarities
@@ -460,17 +475,17 @@ def _metric_key(similarity: str, size: int, config: AFLocConfig) -> str:
 
 def evaluate_checkpoint(
     checkpoint: Path, test_dir: Path, level: str, similarity: str, bootstrap: int, seed: int,
-    input_size: Optional[int] = None, mirror: str = "auto",
+    input_size: Optional[int] = None, mirror: str = "auto", refine: str = "auto",
 ) -> dict:
     """Protocol metrics of ``checkpoint`` on the phantom test set (overall and per finding), maps
-    read with ``similarity`` and ``mirror`` (``auto``: as the server reads them)."""
+    read with ``similarity``, ``mirror`` and ``refine`` (``auto``: as the server reads them)."""
     from afloc_models.evaluation.cli import evaluate, load_cases, summarize
     from afloc_models.evaluation.metrics import DEFAULT_THRESHOLDS
     from afloc_models.inference.heatmap import HeatmapSettings
     from afloc_models.inference.predictor import AFLocPredictor
 
     cases, _ = load_cases(test_dir)
-    settings = HeatmapSettings(level=level, similarity=similarity, mirror=mirror)
+    settings = HeatmapSettings(level=level, similarity=similarity, mirror=mirror, refine=refine)
     predictor = AFLocPredictor.load(checkpoint, device="auto", settings=settings, input_size=input_size)
     records, skipped, _ = evaluate(predictor, cases, thresholds=DEFAULT_THRESHOLDS, level=level)
     summary = summarize(records, DEFAULT_THRESHOLDS, bootstrap=bootstrap, seed=seed)
@@ -484,6 +499,7 @@ def evaluate_checkpoint(
     return {
         "input_size": predictor.input_size,
         "mirror": predictor.settings.mirror,
+        "refine": predictor.settings.refine,
         "cases": len(records),
         "skipped": len(skipped),
         "overall": pick(summary["overall"]),

@@ -128,7 +128,8 @@ def evaluate(checkpoint: Path, work: Path, cxr_notes: Path) -> dict[str, Any]:
         overall = results[name]["overall"]
         build_demo.log(f"{name}: pointing game {overall['pointing_game']} CNR {overall['cnr']} "
                        f"({results[name]['cases']} findings)")
-    results["mirror"] = results["in_domain"]["mirror"]  # as the server reads it (mirror: auto)
+    # As the server reads the maps (mirror: auto, refine: auto).
+    results["mirror"], results["refine"] = results["in_domain"]["mirror"], results["in_domain"]["refine"]
     return results
 
 

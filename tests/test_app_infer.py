@@ -80,11 +80,15 @@ def test_one_prompt_gives_a_named_label_equal_to_the_direct_prediction(
     entry = params["prompts"][0]
     assert entry["prompt"] == prompt and entry["label_value"] == 1
     assert params["image"]["shape"] == [256, 256]
-    # How the maps were read, as the predictor reads them (a project checkpoint: mirror averaged).
+    # How the maps were read, as the predictor reads them (a project checkpoint: sided prompts
+    # mirror averaged, every map guided by the image).
     settings = predictor.settings
     assert params["reading"] == {"level": settings.level, "similarity": settings.similarity, "mirror": settings.mirror,
-                                 "input_size": predictor.input_size, "recipe": settings.recipe}
-    assert params["reading"]["mirror"] == ("on" if predictor.compat == "project" else "off")
+                                 "refine": settings.refine, "input_size": predictor.input_size,
+                                 "recipe": settings.recipe}
+    project = predictor.compat == "project"
+    assert (params["reading"]["mirror"], params["reading"]["refine"]) == (
+        ("sides", "guided") if project else ("off", "off"))
 
     expected = predictor.localize(afloc_server.studies / "phantom_00000.png", [prompt])[0]
     label, segments, seg = read_segmentation(reply.label, tmp_path)

@@ -79,7 +79,7 @@ def test_served_maps_hold_the_rings_at_the_interior_minimum(mirror):
     rng = np.random.default_rng(0)
     image = rng.random((256, 256)).astype(np.float32)
     prompts = ["right lower lobe nodule", "cardiomegaly"]
-    settings = HeatmapSettings(mirror=mirror, sigma_cells=0.0)
+    settings = HeatmapSettings(mirror=mirror, sigma_cells=0.0, refine="off")  # the hold itself, unrefined
     maps0, _ = AFLocPredictor(plain, device="cpu", settings=settings).square_heatmaps(image, prompts, "deep")
     maps2, _ = AFLocPredictor(held, device="cpu", settings=settings).square_heatmaps(image, prompts, "deep")
     cell = 8  # `small` reads its deep grid at output stride 8
@@ -105,7 +105,7 @@ def test_a_training_run_attends_the_interior_only_and_serves_held_maps(tmp_path)
     assert result.steps == 3
     entropy = logged_scalars(tmp_path, ("loss_entropy",))["loss_entropy"]
     assert len(entropy) == 3 and all(0 < e <= math.log(16) + 1e-4 for e in entropy)
-    predictor = AFLocPredictor.load(tmp_path / "ckpt", device="cpu", settings=HeatmapSettings(sigma_cells=0.0))
+    predictor = AFLocPredictor.load(tmp_path / "ckpt", device="cpu", settings=HeatmapSettings(sigma_cells=0.0, refine="off"))
     assert predictor.config.loss.border_cells == 2
     maps, _ = predictor.square_heatmaps(np.random.default_rng(1).random((64, 64)).astype(np.float32),
                                         "left pleural effusion", "deep")

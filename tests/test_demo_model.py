@@ -71,7 +71,7 @@ def test_the_shipped_model_is_complete_and_names_its_recipe(build_demo):
     assert [row["step"] for row in log] == list(range(1, build_demo.TRAIN_MAX_STEPS + 1))
     evaluation = json.loads((SHIPPED / "evaluation.json").read_text())
     assert {"in_domain", "external_synthetic"} <= set(evaluation)
-    assert evaluation["mirror"] == "on"  # scored as the server reads it
+    assert (evaluation["mirror"], evaluation["refine"]) == ("sides", "guided")  # scored as the server reads it
     assert (SHIPPED / "README.md").is_file()
     sources = (SHIPPED / "training_backgrounds.csv").read_text().splitlines()
     assert sources[0] == "id,license,source" and all(line.count(",") >= 2 for line in sources[1:])

@@ -231,10 +231,11 @@ def test_map_options_offer_exactly_what_the_heatmap_settings_accept():
     """The parser names its choices as literals (it parses before torch is imported); they must
     stay the values :class:`HeatmapSettings` validates against."""
     from afloc_models.evaluation.cli import build_parser
-    from afloc_models.inference.heatmap import LEVELS, MIRRORS, RECIPES, SIMILARITIES
+    from afloc_models.inference.heatmap import LEVELS, MIRRORS, RECIPES, REFINES, SIMILARITIES
 
     offered = {action.dest: set(action.choices) for action in build_parser()._actions if action.choices}
     assert offered["level"] == set(LEVELS)
     assert offered["similarity"] == set(SIMILARITIES)
     assert offered["recipe"] == set(RECIPES)
     assert offered["mirror"] == set(MIRRORS)
+    assert offered["refine"] == set(REFINES)

@@ -13,10 +13,12 @@ from afloc_models.inference.heatmap import (
     HeatmapSettings,
     deep_similarity,
     fuse,
+    guided_filter,
     mask_boxes,
     normalize_unit,
     render_heatmaps,
     shallow_similarity,
+    square_heatmaps,
     threshold_mask,
     to_original_heatmap,
     to_square,
@@ -149,6 +151,79 @@ def test_render_levels_and_missing_maps():
         assert all(m.min() == -1.0 and m.max() == 1.0 for m in maps)
     with pytest.raises(ValueError, match="shallow_maps"):
         render_heatmaps(box, HeatmapSettings(level="shallow"), deep_maps=deep)
+
+
+# ------------------------------------------------------------------------------ guided refinement
+
+
+def _blob_scene(size=64, centre=(30, 30), radius=3.0, peak_offset=(0, 8)):
+    """A flat image with one bright blob and a map whose smooth peak sits ``peak_offset`` px beside it."""
+    rr, cc = np.mgrid[0:size, 0:size].astype(np.float32)
+    image = 0.3 + 0.4 * (np.hypot(rr - centre[0], cc - centre[1]) <= radius)
+    peak = (centre[0] + peak_offset[0], centre[1] + peak_offset[1])
+    heat = np.exp(-((rr - peak[0]) ** 2 + (cc - peak[1]) ** 2) / (2 * 8.0**2))
+    return image.astype(np.float32), heat[None].astype(np.float32)
+
+
+def test_guided_filter_on_a_flat_image_is_a_box_mean_of_the_box_mean():
+    from scipy import ndimage
+
+    maps = np.random.default_rng(0).random((2, 40, 40)).astype(np.float32)
+    out = guided_filter(np.full((40, 40), 0.4, np.float32), maps, 3, 1e-3)
+    # No edge to follow: a = 0, b = the window mean, and each pixel averages its windows' b.
+    box = lambda x: ndimage.uniform_filter(x, size=(1, 7, 7), mode="reflect")  # noqa: E731
+    want = box(box(maps))
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_guided_filter_is_linear_in_the_map():
+    rng = np.random.default_rng(1)
+    guide = rng.random((48, 48)).astype(np.float32)
+    maps = rng.random((1, 48, 48)).astype(np.float32)
+    np.testing.assert_allclose(
+        guided_filter(guide, 3.0 * maps - 2.0, 4, 1e-3), 3.0 * guided_filter(guide, maps, 4, 1e-3) - 2.0, atol=1e-4
+    )
+
+
+def test_guided_filter_moves_a_peak_from_beside_a_blob_onto_it():
+    image, heat = _blob_scene()
+    assert not np.hypot(*(np.array(np.unravel_index(np.argmax(heat[0]), heat[0].shape)) - 30)) <= 3.0
+    refined = guided_filter(image, heat, 8, 1e-3)[0]
+    row, col = np.unravel_index(np.argmax(refined), refined.shape)
+    assert np.hypot(row - 30, col - 30) <= 3.0, (row, col)
+    # A large eps (edges below its scale ignored) leaves the peak where it was: a box mean.
+    smoothed = guided_filter(image, heat, 8, 10.0)[0]
+    assert np.hypot(*(np.array(np.unravel_index(np.argmax(smoothed), smoothed.shape)) - (30, 38))) <= 1.5
+
+
+def test_guided_filter_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="guide"):
+        guided_filter(np.zeros((10, 10)), np.zeros((1, 12, 12)), 2, 1e-3)
+    with pytest.raises(ValueError, match="guide"):
+        guided_filter(np.zeros((10, 10)), np.zeros((10, 10)), 2, 1e-3)
+
+
+def test_refine_guided_needs_the_square_and_auto_without_one_is_unrefined():
+    box = Letterbox.for_shape((64, 64), 64)
+    grid = torch.rand(2, 8, 8)
+    with pytest.raises(ValueError, match="needs the \\[64, 64\\] input square"):
+        square_heatmaps(box, HeatmapSettings(refine="guided"), deep_maps=grid)
+    with pytest.raises(ValueError, match="needs the"):
+        square_heatmaps(box, HeatmapSettings(refine="guided"), deep_maps=grid, guide=np.zeros((32, 32)))
+    plain = square_heatmaps(box, HeatmapSettings(refine="off"), deep_maps=grid)
+    np.testing.assert_array_equal(square_heatmaps(box, HeatmapSettings(), deep_maps=grid), plain)
+    guide = np.random.default_rng(2).random((64, 64)).astype(np.float32)
+    refined = square_heatmaps(box, HeatmapSettings(), deep_maps=grid, guide=guide)
+    assert np.abs(refined - plain).max() > 1e-3
+    # One cell of an 8 x 8 grid on a 64 px square is 8 px: the window radius guide_cells sets.
+    want = guided_filter(guide, plain, 8, 1e-3)
+    np.testing.assert_allclose(refined, want, atol=1e-5)
+    half = square_heatmaps(box, HeatmapSettings(guide_cells=0.5), deep_maps=grid, guide=guide)
+    np.testing.assert_allclose(half, guided_filter(guide, plain, 4, 1e-3), atol=1e-5)
+    # The published recipe's map is left as published unless refinement is asked for by name.
+    published = square_heatmaps(box, HeatmapSettings(recipe="published"), deep_maps=grid, guide=guide)
+    np.testing.assert_array_equal(published, square_heatmaps(box, HeatmapSettings(recipe="published", refine="off"),
+                                                             deep_maps=grid))
 
 
 # ------------------------------------------------------------------------------ normalisation, masks, boxes

@@ -177,9 +177,12 @@ def test_prompt_to_overlay_in_open_type_enter(run):
     assert result["focusAtOpen"] == "afloc-prompt", "the prompt box does not have the focus when the study opens"
     # The panel says what the served model was trained on (the test checkpoint's own metadata).
     assert "trained on: test: untrained, random weights" in result["modelLine"], result["modelLine"]
-    # ... and how the maps were read: a project checkpoint's are mirror averaged (the reply's `reading`).
-    assert result["infer"]["body"]["reading"]["mirror"] == "on"
-    assert "Maps: mean of the image and its mirror." in result["messageAfterRun"], result["messageAfterRun"]
+    # ... and how the maps were read: a project checkpoint's sided prompts are mirror averaged and
+    # every map follows the image's edges (the reply's `reading`).
+    assert result["infer"]["body"]["reading"]["mirror"] == "sides"
+    assert result["infer"]["body"]["reading"]["refine"] == "guided"
+    assert ("Maps: a prompt that names a side is the mean of the image and its mirror. "
+            "Heat follows the image's edges (guided filter).") in result["messageAfterRun"], result["messageAfterRun"]
     kinds = [a["kind"] for a in result["actions"]]
     assert kinds == ["dblclick", "type", "key"], result["actions"]
     # From the study list: open (one double-click on the study's row), type, Enter: the overlay is drawn.

@@ -129,6 +129,26 @@ def test_prompts_split_on_semicolons_and_lines():
 
 
 @needs_node
+def test_the_reading_note_is_worded_as_the_slicer_module_words_it():
+    module_dir = str(REPO_ROOT / "slicer_extension" / "AFLoc")
+    if module_dir not in sys.path:
+        sys.path.append(module_dir)
+    from AFLocLib.client import InferResult  # the Slicer module's pure-Python client
+
+    readings = [None, "old server", {}, {"mirror": "on"}, {"mirror": "off", "refine": "off"},
+                {"mirror": "sides", "refine": "guided"}, {"mirror": "on", "refine": "guided"}, {"refine": "guided"}]
+    got = _node(f"console.log(JSON.stringify({json.dumps(readings)}.map(panel.readingNote)));")
+    want = []
+    for reading in readings:
+        note = InferResult("i", [], None, None, [], {"reading": reading}, 0.0).reading_note
+        want.append(f" {note}" if note else "")
+    assert got == want
+    assert want[5] == (" Maps: a prompt that names a side is the mean of the image and its mirror. "
+                       "Heat follows the image's edges (guided filter).")
+    assert want[3] == " Maps: mean of the image and its mirror." and want[4] == "" and want[0] == ""
+
+
+@needs_node
 def test_report_findings_are_the_stated_ones():
     report = (
         "FINDINGS: Moderate right pleural effusion. No pneumothorax. Mild cardiomegaly.\n"

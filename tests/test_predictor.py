@@ -557,14 +557,46 @@ def test_mirror_sides_exchanges_whole_side_words_only():
     assert mirror_sides("rightward shift") == "rightward shift"  # whole words only
 
 
-def test_mirror_auto_is_on_for_project_checkpoints_and_off_for_published(model):
-    assert AFLocPredictor(model, device="cpu").settings.mirror == "on"
+def test_mirror_and_refine_auto_are_on_for_project_checkpoints_and_off_for_published(model):
+    default = AFLocPredictor(model, device="cpu").settings
+    assert (default.mirror, default.refine) == ("sides", "guided")
     assert AFLocPredictor(model, device="cpu", settings=HeatmapSettings(mirror="off")).settings.mirror == "off"
-    assert AFLocPredictor(model, device="cpu", settings=HeatmapSettings(recipe="published")).settings.mirror == "off"
+    published = AFLocPredictor(model, device="cpu", settings=HeatmapSettings(recipe="published")).settings
+    assert (published.mirror, published.refine) == ("off", "off")
     forced = AFLocPredictor(model, device="cpu", settings=HeatmapSettings(recipe="published", mirror="on"))
     assert forced.settings.mirror == "on"
-    with pytest.raises(ConfigError, match="mirror must be one of auto, on, off"):
+    with pytest.raises(ConfigError, match="mirror must be one of auto, on, sides, off"):
         HeatmapSettings(mirror="yes")
+    with pytest.raises(ConfigError, match="refine must be one of auto, guided, off"):
+        HeatmapSettings(refine="sharp")
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="guide_cells must be > 0"):
+            HeatmapSettings(guide_cells=bad)
+        with pytest.raises(ConfigError, match="guide_eps must be > 0"):
+            HeatmapSettings(guide_eps=bad)
+
+
+def test_mirror_sides_averages_only_the_prompts_that_name_a_side(model):
+    # A side-free prompt's averaged map is left-right symmetric (it peaks between the lungs for
+    # a bilateral finding), so "sides" reads it once; a prompt with a side is averaged as "on" does.
+    image = _image((120, 200), seed=13)
+    prompts = ["right lower lobe nodule", "cardiomegaly", "bilateral pleural effusions"]
+
+    def maps(mirror):
+        settings = HeatmapSettings(mirror=mirror, refine="off")
+        return [r.heatmap for r in AFLocPredictor(model, device="cpu", settings=settings).localize(
+            image, prompts, probability=False)]
+
+    sides, on, off = maps("sides"), maps("on"), maps("off")
+    np.testing.assert_allclose(sides[0], on[0], atol=1e-5)
+    for k in (1, 2):
+        np.testing.assert_allclose(sides[k], off[k], atol=1e-5)
+        assert np.abs(sides[k] - on[k]).max() > 0.01
+    assert np.abs(sides[0] - off[0]).max() > 0.01
+    # Only the sided prompt's mirror text is encoded: three prompts and "left lower lobe nodule".
+    counted = AFLocPredictor(model, device="cpu", settings=HeatmapSettings(mirror="sides"))
+    counted.localize(image, prompts, probability=False)
+    assert counted.encoder_counts.texts == 4 and counted.encoder_counts.image_calls == 1
 
 
 def test_mirror_averaged_maps_are_left_right_equivariant(model):

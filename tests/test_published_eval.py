@@ -123,10 +123,11 @@ def test_cli_published_protocol_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["name"] == "published" and results["data"]["evaluated"] == 4
     # A project checkpoint is mirror averaged by default elsewhere; the published protocol reads once.
-    assert results["protocol"]["mirror"] == "off"
+    assert results["protocol"]["mirror"] == "off" and results["protocol"]["refine"] == "off"
     assert "mIoU" in (out / "results.md").read_text()
-    # Recompute with the reference from the predictor's square maps, each image read once.
-    predictor = AFLocPredictor.load(ckpt, device="cpu", input_size=224, settings=HeatmapSettings(mirror="off"))
+    # Recompute with the reference from the predictor's square maps, each image read once, unrefined.
+    predictor = AFLocPredictor.load(ckpt, device="cpu", input_size=224,
+                                    settings=HeatmapSettings(mirror="off", refine="off"))
     ref_cases = []
     for name, (h, w) in (("a.png", (320, 256)), ("b.png", (240, 300))):
         squares, _ = predictor.square_heatmaps(tmp_path / name, ["left pleural effusion", "right lung opacity"])

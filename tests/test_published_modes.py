@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from afloc_models.config import AFLocConfig, preset
 from afloc_models.imaging import Letterbox, letterbox, letterbox_published
-from afloc_models.inference.heatmap import HeatmapSettings
+from afloc_models.inference.heatmap import HeatmapSettings, guided_filter
 from afloc_models.inference.predictor import AFLocPredictor
 from afloc_models.model import AFLoc
 
@@ -78,11 +78,13 @@ def test_preprocessing_and_heatmap(models):
     project, published = models
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 230), dtype=np.uint8)
-    pp = AFLocPredictor(project, device="cpu", input_size=128, settings=HeatmapSettings(mirror="off"))
-    pm = AFLocPredictor(project, device="cpu", input_size=128)  # mirror auto: on for the project recipe
+    pp = AFLocPredictor(project, device="cpu", input_size=128, settings=HeatmapSettings(mirror="off", refine="off"))
+    pm = AFLocPredictor(project, device="cpu", input_size=128, settings=HeatmapSettings(mirror="on", refine="off"))
+    pd = AFLocPredictor(project, device="cpu", input_size=128)  # auto: sided prompts mirrored, guided
     pq = AFLocPredictor(published, device="cpu", input_size=128)
     assert (pp.settings.recipe, pq.settings.recipe) == ("project", "published")
-    assert (pm.settings.mirror, pq.settings.mirror) == ("on", "off")
+    assert (pd.settings.mirror, pd.settings.refine, pq.settings.mirror, pq.settings.refine) == (
+        "sides", "guided", "off", "off")
     # Preprocessing: Pillow letterbox with a rounded short side vs 8-bit area letterbox, floored.
     sq_p, box_p = letterbox(image.astype(np.float32) / 255, 128)
     sq_q, box_q = letterbox_published(image.astype(np.float32) / 255, 128)
@@ -119,6 +121,11 @@ def test_preprocessing_and_heatmap(models):
     up_m = F.interpolate(torch.from_numpy((grid_p + grid_m) / 2)[None, None], size=(128, 128), mode="bilinear")[0, 0].numpy()
     expect_m = ndimage.gaussian_filter(up_m, sigma=0.5 * 128 / 16, mode="nearest", truncate=3.0)
     np.testing.assert_allclose(map_m, expect_m, rtol=1e-4, atol=1e-4 * np.abs(expect_m).max())
+    # The project default: a prompt with a side is mirror averaged as above, then the gray input
+    # square guides it within one deep cell (128 px / 16 cells = 8 px; eps 1e-3).
+    (map_d,), _ = pd.square_heatmaps(image, [prompt])
+    expect_d = guided_filter(sq_p, expect_m[None], 8, 1e-3)[0]
+    np.testing.assert_allclose(map_d, expect_d, rtol=1e-4, atol=1e-4 * np.abs(expect_d).max())
 
 
 def test_training_sentences_published_vs_project():

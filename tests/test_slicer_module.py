@@ -235,7 +235,9 @@ def test_module_connect_consent_run_threshold_switch_accept_undo_close(module, s
     status = run_prompts(widget, PROMPTS)
     assert status.startswith("Draft ready"), status
     assert "(image uploaded)" in status
-    assert "Maps: mean of the image and its mirror." in status  # the server's reading of this model
+    # The server's reading of this model, as the OHIF panel words it.
+    assert ("Maps: a prompt that names a side is the mean of the image and its mirror. "
+            "Heat follows the image's edges (guided filter).") in status
     consent = harness.shown_dialogs()[0]
     assert afloc_server_url in consent["text"] and "chest A" in consent["text"]
     assert segment_names(user_seg) == ["heart (mine)", "right pleural effusion", "cardiomegaly"]

@@ -367,9 +367,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="heatmap recipe (auto: the checkpoint's compat; see docs/inference.md)",
     )
     parser.add_argument(
-        "--mirror", choices=("auto", "on", "off"), default="auto",
-        help="average each map with the mirrored image's (auto: on for project checkpoints, off for "
-        "published ones, and off with --protocol published whatever the checkpoint; see docs/inference.md)",
+        "--mirror", choices=("auto", "on", "sides", "off"), default="auto",
+        help="average each map with the mirrored image's (sides: only for prompts that name a side; "
+        "auto: sides for project checkpoints, off for published ones, and off with --protocol published "
+        "whatever the checkpoint; see docs/inference.md)",
+    )
+    parser.add_argument(
+        "--refine", choices=("auto", "guided", "off"), default="auto",
+        help="refine each map with a guided filter that follows the image's edges (auto: guided for "
+        "project checkpoints, off for published ones and with --protocol published; see docs/inference.md)",
     )
     parser.add_argument("--bootstrap", type=_non_negative, default=1000, help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--overlays", type=_non_negative, default=16, help="overlay PNGs to write (0: none)")
@@ -409,7 +415,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from afloc_models.inference.heatmap import DEFAULT_THRESHOLD, HeatmapSettings
         from afloc_models.inference.predictor import AFLocPredictor
 
-        settings = HeatmapSettings(level=args.level, similarity=args.similarity, recipe=args.recipe, mirror=args.mirror)
+        settings = HeatmapSettings(
+            level=args.level, similarity=args.similarity, recipe=args.recipe, mirror=args.mirror, refine=args.refine
+        )
         if args.protocol == "published":
             from afloc_models.evaluation.published_protocol import GRID
 
@@ -417,6 +425,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # averaging unless it is asked for by name, whatever the checkpoint.
             if args.mirror == "auto":
                 settings = dataclasses.replace(settings, mirror="off")
+            if args.refine == "auto":
+                settings = dataclasses.replace(settings, refine="off")
             predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings, input_size=GRID)
             return _main_published(args, cases, fmt, predictor, started)
         predictor = AFLocPredictor.load(args.checkpoint, device=args.device, settings=settings)
@@ -463,6 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "empty_prediction": args.empty,
                 "similarity": predictor.settings.similarity,
                 "mirror": predictor.settings.mirror,
+                "refine": predictor.settings.refine,
                 "level": args.level,
                 "recipe": predictor.settings.recipe,
                 "aggregation": "mean per category, then mean across categories",
@@ -521,6 +532,7 @@ def _main_published(args: argparse.Namespace, cases: list, fmt: str, predictor: 
             "aggregation": "per threshold: mean per category, then across categories; then mean over thresholds",
             "recipe": predictor.settings.recipe,
             "mirror": predictor.settings.mirror,
+            "refine": predictor.settings.refine,
         },
         "published": summary,
         "samples": records,

@@ -64,6 +64,7 @@ from afloc_models.inference.heatmap import (
     mirror_average,
     render_heatmaps,
     resolved_mirror,
+    resolved_refine,
     shallow_similarity,
     square_heatmaps,
     threshold_mask,
@@ -273,6 +274,21 @@ def _prompt_list(prompts: Union[str, Sequence[str]]) -> list[_Prompt]:
 # --------------------------------------------------------------------------------------------
 
 
+def _gray_square(square: np.ndarray) -> np.ndarray:
+    """The input square ``[S, S]`` or ``[S, S, 3]`` in [0, 1] as gray float32 ``[S, S]``."""
+    gray = square.mean(axis=-1) if square.ndim == 3 else square
+    return np.ascontiguousarray(gray, dtype=np.float32)
+
+
+def _averaged_rows(maps: torch.Tensor, mirrored: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """``maps`` ``[P, h, w]`` with rows ``rows`` averaged with ``mirrored`` ``[len(rows), h, w]``."""
+    if len(rows) == maps.shape[0]:
+        return mirror_average(maps, mirrored)
+    out = maps.clone()
+    out[rows] = mirror_average(maps[rows], mirrored)
+    return out
+
+
 @dataclass(frozen=True)
 class _ImageEntry:
     """Encoded image: features of one image and where it sits in the input square."""
@@ -282,9 +298,11 @@ class _ImageEntry:
     global_: torch.Tensor  #: [D]
     box: Letterbox
     spacing: Optional[tuple[float, float]]
-    #: Local features of the left-right mirrored input square (``mirror: on`` only).
+    #: Local features of the left-right mirrored input square (``mirror: on`` or ``sides`` only).
     mirror_shallow: Optional[torch.Tensor] = None  #: [D, h2, w2]
     mirror_deep: Optional[torch.Tensor] = None  #: [D, h3, w3]
+    #: The gray input square in [0, 1] that guides the ``refine: guided`` maps.
+    guide: Optional[np.ndarray] = None  #: [S, S] float32
 
 
 @dataclass(frozen=True)
@@ -372,9 +390,14 @@ class AFLocPredictor:
             settings = dataclasses.replace(settings, recipe=self.compat)
         if settings.similarity == "auto":
             settings = dataclasses.replace(settings, similarity=trained_similarity(self.config.loss.local_attention))
-        settings = dataclasses.replace(settings, mirror=resolved_mirror(settings.mirror, settings.recipe))
+        settings = dataclasses.replace(
+            settings,
+            mirror=resolved_mirror(settings.mirror, settings.recipe),
+            refine=resolved_refine(settings.refine, settings.recipe),
+        )
         self.settings = settings
-        self.mirror = settings.mirror == "on"
+        #: Whether images are also encoded mirrored (``mirror: on`` or ``sides``).
+        self.mirror = settings.mirror in ("on", "sides")
         self.batch_size = int(batch_size)
         self.model_version = str(model.meta.get("version", "unknown"))
         self.input_size = int(input_size or self.config.data.inference_size)
@@ -508,7 +531,8 @@ class AFLocPredictor:
         (entry,) = self._encode_images([image])
         texts = self._encode_texts([p.mapped for p in parsed] + self._mirrored_texts(parsed))
         deep_maps, shallow_maps = self._similarity_maps(entry, parsed, texts, level)
-        return square_heatmaps(entry.box, self.settings, deep_maps, shallow_maps, level=level), entry.box
+        squares = square_heatmaps(entry.box, self.settings, deep_maps, shallow_maps, level=level, guide=entry.guide)
+        return squares, entry.box
 
     def _trained_level(self, level: str) -> str:
         """``level`` if this checkpoint trained the features it reads, else a ConfigError."""
@@ -616,6 +640,7 @@ class AFLocPredictor:
                 spacing=item.spacing,
                 mirror_shallow=features.shallow[n + i].float().contiguous() if self.mirror else None,
                 mirror_deep=features.deep[n + i].float().contiguous() if self.mirror else None,
+                guide=_gray_square(item.square),
             )
             for i, item in enumerate(items)
         ]
@@ -680,7 +705,7 @@ class AFLocPredictor:
                 "send fewer prompts per request"
             )
         deep_maps, shallow_maps = self._similarity_maps(image, prompts, texts, level)
-        heatmaps = render_heatmaps(image.box, self.settings, deep_maps, shallow_maps, level=level)
+        heatmaps = render_heatmaps(image.box, self.settings, deep_maps, shallow_maps, level=level, guide=image.guide)
         results = []
         for prompt, heatmap in zip(prompts, heatmaps):
             if prompt.negated:
@@ -711,9 +736,16 @@ class AFLocPredictor:
             results=results,
         )
 
+    def _averaged(self, prompt: _Prompt) -> bool:
+        """Whether ``prompt``'s map is averaged with its mirror read (``mirror: on``; with
+        ``sides``, only a prompt that names a side)."""
+        if self.settings.mirror == "sides":
+            return prompt.mirrored != prompt.mapped
+        return self.mirror
+
     def _mirrored_texts(self, prompts: list[_Prompt]) -> list[str]:
         """The texts :meth:`_similarity_maps` maps on the mirrored image (none with ``mirror: off``)."""
-        return [p.mirrored for p in prompts] if self.mirror else []
+        return [p.mirrored for p in prompts if self._averaged(p)]
 
     def _similarity_maps(
         self, image: _ImageEntry, prompts: list[_Prompt], texts: dict[str, _TextEntry], level: str
@@ -721,19 +753,21 @@ class AFLocPredictor:
         """Grid maps ``[P, h, w]`` of the deep and/or shallow level for the prompts' mapped texts.
 
         With ``mirror: on`` each map is averaged with the map of the prompt's mirrored text on the
-        mirrored image, mirrored back (:func:`~afloc_models.inference.heatmap.mirror_average`).
+        mirrored image, mirrored back (:func:`~afloc_models.inference.heatmap.mirror_average`);
+        with ``sides`` only the maps of prompts that name a side are.
         """
         deep_maps, shallow_maps = self._grid_maps(image.deep, image.shallow, [texts[p.mapped] for p in prompts], level)
-        if not self.mirror:
+        rows = [i for i, p in enumerate(prompts) if self._averaged(p)]
+        if not rows:
             return self._held(deep_maps), shallow_maps
         if image.mirror_deep is None or image.mirror_shallow is None:
             raise RuntimeError("image features without their mirror while mirror is on")  # a cache-key bug
         mirror_deep, mirror_shallow = self._grid_maps(
-            image.mirror_deep, image.mirror_shallow, [texts[p.mirrored] for p in prompts], level
+            image.mirror_deep, image.mirror_shallow, [texts[prompts[i].mirrored] for i in rows], level
         )
         return (
-            None if deep_maps is None else self._held(mirror_average(deep_maps, mirror_deep)),
-            None if shallow_maps is None else mirror_average(shallow_maps, mirror_shallow),
+            None if deep_maps is None else self._held(_averaged_rows(deep_maps, mirror_deep, rows)),
+            None if shallow_maps is None else _averaged_rows(shallow_maps, mirror_shallow, rows),
         )
 
     def _held(self, deep_maps: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -415,9 +415,10 @@ class AFLocWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showHeatmap()
         self.ui.scoresLabel.text = workflow.format_findings(localization).replace("\n", "<br>")
         uploaded = " (image uploaded)" if localization.uploaded else ""
-        mirror = " Maps: mean of the image and its mirror." if localization.result.mirror_averaged else ""
+        note = localization.result.reading_note
+        reading = f" {note}" if note else ""
         self.ui.statusLabel.text = (
-            f"Draft ready in {localization.result.seconds:.1f} s{uploaded}.{mirror} Edit it in Segment Editor, then Accept."
+            f"Draft ready in {localization.result.seconds:.1f} s{uploaded}.{reading} Edit it in Segment Editor, then Accept."
         )
 
     # ------------------------------------------------------------------ the draft and its nodes

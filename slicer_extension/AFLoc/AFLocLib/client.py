@@ -125,11 +125,24 @@ class InferResult:
         return bool(self.findings) and all(f.heatmap_label for f in self.findings)
 
     @property
-    def mirror_averaged(self) -> bool:
-        """Whether the server read each map as the mean of the image's and its mirror's (the
-        reply's ``reading``; servers before it say nothing, read as False)."""
+    def reading_note(self) -> str:
+        """How the server read the maps, in a sentence or two for the status line (from the
+        reply's ``reading``: ``mirror`` ``on`` / ``sides`` / ``off``, ``refine`` ``guided`` /
+        ``off``); empty when the server says nothing (servers before ``reading``)."""
         reading = self.params.get("reading")
-        return isinstance(reading, dict) and reading.get("mirror") == "on"
+        if not isinstance(reading, dict):
+            return ""
+        mirror = READING_MIRROR_NOTES.get(str(reading.get("mirror")), "")
+        refine = READING_REFINE_NOTES.get(str(reading.get("refine")), "")
+        return " ".join(note for note in (mirror, refine) if note)
+
+
+#: Status-line notes for the reply's ``reading`` (the OHIF panel shows the same sentences).
+READING_MIRROR_NOTES = {
+    "on": "Maps: mean of the image and its mirror.",
+    "sides": "Maps: a prompt that names a side is the mean of the image and its mirror.",
+}
+READING_REFINE_NOTES = {"guided": "Heat follows the image's edges (guided filter)."}
 
 
 @dataclass(frozen=True)

@@ -262,13 +262,16 @@ class AFLocLocalizeTask(InferTask):
 
 def reading_of(predictor: Any) -> Dict[str, Any]:
     """How the served model's maps were read, for the reply: the feature level, the similarity,
-    whether each map is the mean of the image's and its mirror's (``mirror``), the letterbox side
-    the encoder saw and the definitions used (``recipe``: ``project`` or ``published``)."""
+    which maps are the mean of the image's and its mirror's (``mirror``: ``on`` every map,
+    ``sides`` those of prompts that name a side, ``off`` none), whether the image guided them
+    onto its edges (``refine``: ``guided`` or ``off``), the letterbox side the encoder saw and the
+    definitions used (``recipe``: ``project`` or ``published``)."""
     settings = predictor.settings
     return {
         "level": settings.level,
         "similarity": settings.similarity,
         "mirror": settings.mirror,
+        "refine": settings.refine,
         "input_size": predictor.input_size,
         "recipe": settings.recipe,
     }

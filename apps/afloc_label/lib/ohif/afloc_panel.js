@@ -67,6 +67,20 @@
   // ------------------------------------------------------------------ pure helpers (tested)
 
   /** Split the prompt box's text into prompts: `;` and new lines separate, blanks dropped. */
+  // How the server read the maps (the reply's `reading`), as the Slicer module says it
+  // (slicer_extension/AFLoc/AFLocLib/client.py, READING_*_NOTES); '' when the server says nothing.
+  var READING_MIRROR_NOTES = {
+    on: 'Maps: mean of the image and its mirror.',
+    sides: 'Maps: a prompt that names a side is the mean of the image and its mirror.',
+  };
+  var READING_REFINE_NOTES = { guided: "Heat follows the image's edges (guided filter)." };
+
+  function readingNote(reading) {
+    if (!reading || typeof reading !== 'object') return '';
+    var notes = [READING_MIRROR_NOTES[reading.mirror], READING_REFINE_NOTES[reading.refine]].filter(Boolean);
+    return notes.length ? ' ' + notes.join(' ') : '';
+  }
+
   function splitPrompts(text) {
     return String(text || '')
       .split(/[;\n]/)
@@ -712,7 +726,7 @@
       var negated = state.result.prompts.filter(function (p) { return p.negated; });
       setMessage(
         entries.length + (entries.length === 1 ? ' prompt' : ' prompts') + ' localized in ' + state.result.elapsed.toFixed(1) + ' s (model ' + body.model_version + ').' +
-          (body.reading && body.reading.mirror === 'on' ? ' Maps: mean of the image and its mirror.' : '') +
+          readingNote(body.reading) +
           (negated.length ? ' A negated prompt ("' + negated[0].text + '") shows its heatmap but has no segment.' : ''),
         'ok'
       );
@@ -1071,6 +1085,7 @@
     exit: exit,
     splitPrompts: splitPrompts,
     reportFindings: reportFindings,
+    readingNote: readingNote,
     parseNifti: parseNifti,
     combinedLabel: combinedLabel,
     fnv1a: fnv1a,
