@@ -19,9 +19,9 @@ Two recipes (:attr:`HeatmapSettings.recipe`; ``auto`` follows the checkpoint's `
 
 - ``project`` (models trained here): deep local features vs the prompt's *sentence* embedding
   with the raw inner product, upsampled to the square, smoothed there with sigma half a
-  deep-feature cell, then refined by the guided filter within one cell. The inner product is what the training attention scores regions with; on
-  the phantom benchmark it gave CNR 2.0 against 1.2 for cosine, with an equal or better pointing
-  game (docs/training.md).
+  deep-feature cell, then refined by the guided filter within one cell. The inner product is
+  what the training attention scores regions with; on the phantom benchmark it gave CNR 2.0
+  against 1.2 for cosine, with an equal or better pointing game (docs/training.md).
 - ``published`` (imported checkpoints; :func:`published_squares`): the published
   ``inference.py`` map: deep local features . the prompt's *report* embedding, Gaussian
   smoothing with sigma 1.5 grid cells on the feature grid (scipy's defaults: mirror edges,
@@ -355,9 +355,9 @@ def guided_filter(guide: np.ndarray, maps: np.ndarray, radius_px: int, eps: floa
     The guided filter of He, Sun and Tang (ECCV 2010): in every ``(2 r + 1)``-pixel window the
     output is a linear function ``a * guide + b`` of the image, fitted to the map by least squares
     with ``a`` shrunk by ``eps``; each pixel then averages the fits of the windows it lies in.
-    Where the image is flat (variance well below ``eps``) the map is only box-smoothed (twice); where a
-    window holds an edge that the map also rises across (a nodule, an effusion's meniscus), the
-    heat follows the edge: a peak that sat a cell beside a bright blob moves onto it. The output
+    Where the image is flat (variance well below ``eps``) the map is only box-smoothed (twice);
+    where a window holds an edge that the map also rises across (a nodule, an effusion's
+    meniscus), the heat follows the edge: a peak that sat a cell beside a bright blob moves onto it. The output
     is linear in the map, so its scale and offset do not matter. Windows are clipped at the
     square's border by mirroring (scipy's ``reflect``).
     """
@@ -490,7 +490,7 @@ def square_heatmaps(
     ``guide`` is the input square ``[S, S]`` in ``[0, 1]`` the model saw; the ``guided``
     refinement (``settings.refine``, see :func:`guided_filter`) needs it. An unresolved
     ``refine: auto`` refines when a guide is given and the recipe is not ``published`` (the
-    predictor resolves ``auto`` and always passes the guide).
+    predictor resolves ``auto`` and passes the guide whenever it refines).
     """
     level = check_level(level or settings.level)
     size = box.size

@@ -301,7 +301,7 @@ class _ImageEntry:
     #: Local features of the left-right mirrored input square (``mirror: on`` or ``sides`` only).
     mirror_shallow: Optional[torch.Tensor] = None  #: [D, h2, w2]
     mirror_deep: Optional[torch.Tensor] = None  #: [D, h3, w3]
-    #: The gray input square in [0, 1] that guides the ``refine: guided`` maps.
+    #: The gray input square in [0, 1] that guides the maps (``refine: guided`` only).
     guide: Optional[np.ndarray] = None  #: [S, S] float32
 
 
@@ -345,11 +345,13 @@ class AFLocPredictor:
             eval mode and its image encoder switched to channels-last memory format, in place.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         cache_size: images kept in the feature cache (0 disables caching).
-        settings: heatmap settings (level, smoothing, threshold, similarity, recipe, mirror). A
-            recipe of ``auto`` becomes the checkpoint's ``compat``: ``published`` for imported
-            checkpoints (the published map and preprocessing), ``project`` otherwise; a mirror of
-            ``auto`` becomes ``on`` for the project recipe (each image is encoded twice, as is
-            and mirrored) and ``off`` for the published one.
+        settings: heatmap settings (level, smoothing, threshold, similarity, recipe, mirror,
+            refine). A recipe of ``auto`` becomes the checkpoint's ``compat``: ``published`` for
+            imported checkpoints (the published map and preprocessing), ``project`` otherwise; a
+            mirror of ``auto`` becomes ``sides`` for the project recipe (each image is encoded
+            twice, as is and mirrored; prompts that name a side are averaged) and ``off`` for the
+            published one; a refine of ``auto`` becomes ``guided`` for the project recipe and
+            ``off`` for the published one.
         text_cache_size: prompts kept in the text-embedding cache.
         batch_size: images per encoder call in :meth:`localize_batch`.
         precision: ``float32`` (default) or ``bfloat16``: the model's weights are converted and
@@ -640,7 +642,7 @@ class AFLocPredictor:
                 spacing=item.spacing,
                 mirror_shallow=features.shallow[n + i].float().contiguous() if self.mirror else None,
                 mirror_deep=features.deep[n + i].float().contiguous() if self.mirror else None,
-                guide=_gray_square(item.square),
+                guide=_gray_square(item.square) if self.settings.refine == "guided" else None,
             )
             for i, item in enumerate(items)
         ]
