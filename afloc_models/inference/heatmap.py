@@ -171,24 +171,26 @@ class HeatmapSettings:
         check_threshold(self.threshold)
 
 
+def _resolved_auto(value: str, choices: tuple[str, ...], name: str, recipe: str, for_project: str) -> str:
+    """``value`` (one of ``choices``) with ``auto`` resolved for ``recipe``: ``for_project`` for
+    the project recipe, ``off`` for the published one (read as published)."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    if value != "auto":
+        return value
+    return for_project if recipe == "project" else "off"
+
+
 def resolved_mirror(mirror: str, recipe: str) -> Literal["on", "sides", "off"]:
     """``mirror`` with ``auto`` resolved for a checkpoint read by ``recipe`` (``project`` or
     ``published``): ``sides`` for the project recipe, ``off`` for the published one."""
-    if mirror not in MIRRORS:
-        raise ConfigError(f"mirror must be one of {', '.join(MIRRORS)}, got {mirror!r}")
-    if mirror != "auto":
-        return mirror  # type: ignore[return-value]
-    return "sides" if recipe == "project" else "off"
+    return _resolved_auto(mirror, MIRRORS, "mirror", recipe, "sides")  # type: ignore[return-value]
 
 
 def resolved_refine(refine: str, recipe: str) -> Literal["guided", "off"]:
     """``refine`` with ``auto`` resolved for ``recipe``: ``guided`` for the project recipe,
     ``off`` for the published one (its map is reproduced as published)."""
-    if refine not in REFINES:
-        raise ConfigError(f"refine must be one of {', '.join(REFINES)}, got {refine!r}")
-    if refine != "auto":
-        return refine  # type: ignore[return-value]
-    return "guided" if recipe == "project" else "off"
+    return _resolved_auto(refine, REFINES, "refine", recipe, "guided")  # type: ignore[return-value]
 
 
 def mirror_average(maps: torch.Tensor, mirrored_maps: torch.Tensor) -> torch.Tensor:
