@@ -2,7 +2,7 @@
 
 **The edge** (``loss.border_cells``). A model may put attention on the cells at the image's edge:
 measured on the served `small` models, 7-9 % of the map peaks on the independently written
-external phantoms lay within 4 % of the edge and none of them inside a lesion (docs/training.md,
+external phantoms lay within 4 % of the edge and none of them inside a lesion (docs/quality-log.md,
 eighteenth session). With ``loss.border_cells: k`` the sentence level attends over the interior
 cells only, ``k`` rings in from every side of the square grid, and the predictor holds those rings
 at each map's interior minimum, so a map never points where the model was not trained to look.
@@ -15,7 +15,7 @@ for attention a sentence cannot use. They are weights of the image encoder and n
 - :func:`hold_border`: ``[P, h, w]`` maps with their ``k`` outer rings set to the map's interior
   minimum (serving).
 
-Both measured on ``small`` and off in every preset (docs/training.md, nineteenth session).
+Both measured on ``small`` and off in every preset (docs/quality-log.md, nineteenth session).
 """
 
 from __future__ import annotations

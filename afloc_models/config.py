@@ -69,7 +69,7 @@ class ImageEncoderConfig:
     #: ``small`` ResNet-18 at 256 px), so a cell far from a finding cannot see it; the maps are then held near what
     #: they match. Stage 2 has output stride 8, whatever ``deep_stride`` says (that still sets
     #: stage 3's, which the global feature is pooled after). Measured worse on every set for two
-    #: seeds of ``small`` (docs/training.md, eighteenth session).
+    #: seeds of ``small`` (docs/quality-log.md, eighteenth session).
     local_stage: int = 3
     #: Resize the (normalised) input to this square with bilinear ``align_corners=True``
     #: interpolation before the first convolution; 0 keeps the input size. The published
@@ -80,15 +80,15 @@ class ImageEncoderConfig:
     base_width: int = 64
     #: Learned cells appended to every image's deep regions in the sentence attention (training
     #: only): a place for attention a sentence cannot use, so it need not park on real cells
-    #: (the edge, measured in docs/training.md, eighteenth session). They are never on a map.
+    #: (the edge, measured in docs/quality-log.md, eighteenth session). They are never on a map.
     #: 0 (none) in every preset: one sink cell left the edge peaks in place and lowered the mean
-    #: pointing game on every set over two seeds of ``small`` (docs/training.md, nineteenth session).
+    #: pointing game on every set over two seeds of ``small`` (docs/quality-log.md, nineteenth session).
     sink_cells: int = 0
     #: How the backbone's convolutions pad the image edge: ``zeros`` (as published) or
     #: ``replicate`` (the edge pixels repeated). Zero padding tells every cell near the edge where
     #: it is; repeated pixels do not, so the edge cells cannot be told apart from their content.
     #: ``zeros`` in every preset: ``replicate`` lost the maps' vertical placement for one of two
-    #: seeds of ``small`` (docs/training.md, nineteenth session).
+    #: seeds of ``small`` (docs/quality-log.md, nineteenth session).
     padding: str = "zeros"
 
 
@@ -135,7 +135,7 @@ class LossConfig:
     #: ``mirror_share`` of each batch's images is also encoded mirrored left-right, its report's
     #: sides exchanged, and each sentence's map over the regions must be the mirror of its map
     #: there. 0 (off) in every preset: measured, it removed the maps' left-right offset but
-    #: lowered the pointing game on every set (docs/training.md, seventeenth session).
+    #: lowered the pointing game on every set (docs/quality-log.md, seventeenth session).
     mirror_consistency: float = 0.0
     #: Share of each batch's images that the mirror consistency reads (at least one image).
     mirror_share: float = 0.25
@@ -144,7 +144,7 @@ class LossConfig:
     #: ``appearance_share`` of each batch's images is also encoded with another look (window,
     #: gamma, blur or sharpening, noise; :mod:`afloc_training.appearance`), and each sentence's
     #: map over the regions there must match its map on the image as it is. 0 (off) in every preset:
-    #: measured, it flattened the maps and lowered the pointing game on every set (docs/training.md,
+    #: measured, it flattened the maps and lowered the pointing game on every set (docs/quality-log.md,
     #: eighteenth session).
     appearance_consistency: float = 0.0
     #: Share of each batch's images that the appearance consistency reads (at least one image).
@@ -153,12 +153,12 @@ class LossConfig:
     #: image (:func:`afloc_models.map_regularizers.attention_entropy`): a positive weight asks for
     #: sharp maps.
     #: 0 (off) in every preset: 0.25 collapsed every map onto one border cell; 0.02 widened the spread
-    #: between seeds, the worst of three lower on every set (docs/training.md, eighteenth session).
+    #: between seeds, the worst of three lower on every set (docs/quality-log.md, eighteenth session).
     attention_entropy: float = 0.0
     #: Outermost rings of the deep (sentence-level) feature grid left out of each sentence's
     #: attention in training; the predictor holds them at each map's interior minimum
     #: (:mod:`afloc_models.attended_cells`). 0 (every cell) in every preset: 2 rings lowered the
-    #: pointing game on every set for two seeds of ``small`` (docs/training.md, nineteenth session).
+    #: pointing game on every set for two seeds of ``small`` (docs/quality-log.md, nineteenth session).
     border_cells: int = 0
 
 
@@ -232,14 +232,14 @@ class DataConfig:
     #: "there is no focal consolidation"; :func:`afloc_models.text_normalization.is_negated`), so a
     #: finding's words are only ever matched with images that show it; a report whose every
     #: sentence is negated keeps them all. On in ``small`` (five seeds: worst and mean better on every
-    #: evaluation set, docs/training.md, sixteenth session); off in the other presets.
+    #: evaluation set, docs/quality-log.md, sixteenth session); off in the other presets.
     drop_negated: bool = False
     #: Training drops report sentences with fewer words (the published code keeps 2 or more);
     #: a report with no sentence that long keeps its sentences.
     min_sentence_words: int = 1
     #: Histogram-equalise each letterboxed image's content (training and inference alike;
     #: :mod:`afloc_models.intensity`), so exposure, window and gamma no longer change the input.
-    #: Off in every preset (measured not better on the external sets, docs/training.md).
+    #: Off in every preset (measured not better on the external sets, docs/quality-log.md).
     equalize: bool = False
 
     @property
@@ -399,7 +399,7 @@ def preset(name: str) -> AFLocConfig:
             # A frozen text body (its token embeddings cached by the trainer) buys ~40% more
             # steps on a CPU; crops of 192 from a 256 letterbox, heatmaps read at 256 (a 32x32
             # grid) so inference sees findings at the scale training did (the 128-of-176 crops
-            # before, read at 256, saw them 1.45x larger; docs/training.md, eighth session).
+            # before, read at 256, saw them 1.45x larger; docs/quality-log.md, eighth session).
             optim=OptimConfig(
                 lr=5e-4, weight_decay=1e-6, batch_size=32, epochs=12, warmup_steps=50, text_lr_scale=0.0,
                 cpu_precision="auto", min_useful_steps=1300,

@@ -7,7 +7,7 @@ the attended regions match the sentence; these terms ask something of where the 
 - :func:`mirror_consistency_loss` (``loss.mirror_consistency``): the map on the left-right
   mirrored image, the report's sides exchanged, mirrored back, must be the same map. A model whose
   maps sit a cell to one side of every finding (the fourteenth session's measured offset,
-  docs/training.md) breaks that; inference can average the two reads (``mirror: on``), but a thin
+  docs/quality-log.md) breaks that; inference can average the two reads (``mirror: on``), but a thin
   finding such as a pneumothorax rim is then smeared between two peaks.
 - :func:`appearance_consistency_loss` (``loss.appearance_consistency``): the map must not move
   when the image only looks different (:func:`afloc_training.appearance.perturb_appearance`:
@@ -15,7 +15,7 @@ the attended regions match the sentence; these terms ask something of where the 
 - :func:`attention_entropy` (``loss.attention_entropy``): the mean entropy of the maps; a
   positive weight asks each sentence to commit to few regions. Measured: the consistency terms
   flatten the maps (a flat map changes little under a mirror or a new look), and among the
-  ``small`` seeds the flatter maps were the worse ones outside the generator (docs/training.md,
+  ``small`` seeds the flatter maps were the worse ones outside the generator (docs/quality-log.md,
   eighteenth session).
 """
 

@@ -183,7 +183,7 @@ class TokenCache:
     13.3 against 3.4 ms a report for the ``small`` preset's MiniLM; a GPU pays a kernel launch per
     layer and report). Rows then agree with the one-at-a-time ones only to rounding. The trainer
     uses it on CUDA, where a first epoch over 16,000 reports otherwise makes 15,200 single-report
-    passes (docs/training.md, fifteenth session; the gain there is not measured yet).
+    passes (docs/quality-log.md, fifteenth session; the gain there is not measured yet).
     """
 
     def __init__(self, max_bytes: int, batched: bool = False):

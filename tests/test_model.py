@@ -357,7 +357,7 @@ def test_local_attention_is_a_validated_config_choice(tmp_path):
 def test_small_reads_maps_at_the_scale_it_trained_on():
     """The CPU recipe crops from a letterbox of side ``resize`` and reads heatmaps on a letterbox
     of the same side, so a finding has the same size in pixels in training and at inference
-    (docs/training.md, eighth session); the 32x32 grid of the deep features stays."""
+    (docs/quality-log.md, eighth session); the 32x32 grid of the deep features stays."""
     data, image = preset("small").data, preset("small").image
     assert data.inference_size == data.resize == 256
     assert data.crop < data.resize  # random crops still vary the field of view

@@ -21,7 +21,7 @@ Two recipes (:attr:`HeatmapSettings.recipe`; ``auto`` follows the checkpoint's `
   with the raw inner product, upsampled to the square, smoothed there with sigma half a
   deep-feature cell, then refined by the guided filter within one cell. The inner product is
   what the training attention scores regions with; on the phantom benchmark it gave CNR 2.0
-  against 1.2 for cosine, with an equal or better pointing game (docs/training.md).
+  against 1.2 for cosine, with an equal or better pointing game (docs/quality-log.md, first records).
 - ``published`` (imported checkpoints; :func:`published_squares`): the published
   ``inference.py`` map: deep local features . the prompt's *report* embedding, Gaussian
   smoothing with sigma 1.5 grid cells on the feature grid (scipy's defaults: mirror edges,

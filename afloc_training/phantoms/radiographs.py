@@ -86,7 +86,7 @@ def _letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
 
     Not :func:`afloc_models.imaging.letterbox` (anti-aliased): that one finds lung fields in 39
     of the cxr-notes training radiographs instead of 37, which changes the recipe's training set
-    and, measured, cost the demo recipe's seed 1 most of its maps (docs/training.md, seventeenth
+    and, measured, cost the demo recipe's seed 1 most of its maps (docs/quality-log.md, seventeenth
     session). Replace it only together with a new choice of the demo model's seed.
     """
     height, width = pixels.shape

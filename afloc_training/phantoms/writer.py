@@ -26,7 +26,7 @@ from afloc_training.phantoms.style import STYLES
 # Share of studies drawn on real radiographs when a background folder is there (Python API).
 DEFAULT_REAL_FRACTION = 0.0
 
-#: The training recipe: ``afloc-phantoms``' defaults (docs/training.md, "What was measured").
+#: The training recipe: ``afloc-phantoms``' defaults (docs/quality-log.md).
 #: Varied phantoms with 30% of the studies drawn on real radiographs raised the external pointing
 #: game over plain phantoms (15 min of ``small`` on the 2-core CPU); the Python API keeps plain
 #: phantoms as its default, which the tests and the demo datastore use.
