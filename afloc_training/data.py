@@ -51,6 +51,7 @@ from afloc_models.imaging import letterbox, read_image, to_grayscale
 from afloc_models.intensity import equalize_content
 from afloc_models.text_normalization import is_negated, mirror_sides
 from afloc_models.tokenization import ReportTokenizer, TokenizedReports
+from afloc_training.finding_swap import swap_finding
 from afloc_training.location_swap import swap_location
 from afloc_training.reports import parse_report
 
@@ -403,8 +404,8 @@ class Sample:
     image: torch.Tensor
     sentences: tuple[str, ...]
     index: int
-    #: The report with its sides or zones exchanged (a hard negative; ``loss.swap_negatives``),
-    #: None when it names neither or negatives are off.
+    #: The report with its sides or zones exchanged, or with a finding renamed (a hard negative;
+    #: ``loss.swap_negatives``), None when it has nothing to swap or negatives are off.
     negative: Optional[tuple[str, ...]] = None
 
 
@@ -431,8 +432,10 @@ class PairDataset(Dataset):
         channels: 1 (grayscale; colour becomes luma) or 3 (grayscale is repeated).
         train: random crop when True, centre crop when False.
         seed: base seed of the crops.
-        negatives: training items also carry their location-swapped report
-            (:mod:`afloc_training.location_swap`); never for validation.
+        negatives: training items also carry a swapped copy of their report: ``location``
+            (or True) its sides or zones exchanged (:mod:`afloc_training.location_swap`),
+            ``finding`` one finding renamed (:mod:`afloc_training.finding_swap`); never for
+            validation. False or None: no copies.
     """
 
     def __init__(
@@ -442,7 +445,7 @@ class PairDataset(Dataset):
         channels: int,
         train: bool,
         seed: int = 0,
-        negatives: bool = False,
+        negatives: Union[bool, str, None] = False,
     ):
         if data.crop > data.resize:
             raise AFLocError(f"data.crop ({data.crop}) must not exceed data.resize ({data.resize})")
@@ -453,7 +456,12 @@ class PairDataset(Dataset):
         self.channels = channels
         self.train = train
         self.seed = seed
-        self.negatives = bool(negatives and train)
+        kind = "location" if negatives is True else (negatives or None)
+        if kind not in (None, "location", "finding"):
+            raise AFLocError(f"negatives must be 'location', 'finding', True, False or None; got {negatives!r}")
+        #: What training items' negative copies exchange (None: no copies).
+        self.negative_kind: Optional[str] = kind if train else None
+        self.negatives = self.negative_kind is not None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -476,7 +484,8 @@ class PairDataset(Dataset):
             sentences = tuple(mirror_sides(sentence) for sentence in sentences)
         negative = None
         if self.negatives:
-            negative = swap_location(sentences, np.random.default_rng([self.seed, self.epoch, index, 2]))
+            swap = swap_finding if self.negative_kind == "finding" else swap_location
+            negative = swap(sentences, np.random.default_rng([self.seed, self.epoch, index, 2]))
         image = self.transform(pixels, index)
         if mirrored:
             image = image.flip(-1)

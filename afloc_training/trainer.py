@@ -512,7 +512,7 @@ class _Run:
         self._plan_batches(len(train_pairs))
 
         channels = self.config.image.in_channels
-        negatives = bool(self.config.loss.swap_negatives)
+        negatives = self.config.loss.swap_kind if self.config.loss.swap_negatives else None
         self.train_set = PairDataset(
             train_pairs, self.config.data, channels, train=True, seed=self.seed, negatives=negatives
         )
