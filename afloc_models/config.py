@@ -129,7 +129,9 @@ class LossConfig:
     swap_negatives: bool = False
     #: What a swapped copy exchanges (:data:`SWAP_KINDS`): ``location`` (sides or zones,
     #: :mod:`afloc_training.location_swap`) or ``finding`` (one named finding renamed as one the
-    #: report does not mention, :mod:`afloc_training.finding_swap`). Read only with ``swap_negatives``.
+    #: report does not state, :mod:`afloc_training.finding_swap`). Read only with ``swap_negatives``;
+    #: neither kind is on in a preset (finding swaps: one seed of three much better, one half-formed;
+    #: docs/quality-log.md, twenty-first session).
     swap_kind: str = "location"
     #: How words and sentences attend over regions in the local losses: ``words_first`` (as
     #: published) or ``regions`` (one softmax over regions of the inner product, the quantity
