@@ -106,16 +106,27 @@ def test_loader_and_collate_carry_swapped_reports(tmp_path):
 
 
 def test_training_with_swapped_negatives_runs_and_differs(tmp_path):
+    """Both kinds of copy (location, and finding: tests/test_finding_swap.py) train, and each
+    changes the training loss: same seed, same crops, only the negatives differ."""
     write_phantom_datastore(tmp_path / "data", 12, seed=0, size=64)
     config = (
         "base: small\nembed_dim: 32\noptim: {{batch_size: 4, warmup_steps: 2, lr: 0.001}}\n"
-        "data: {{resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}}\nloss: {{swap_negatives: {on}}}\n"
+        "data: {{resize: 72, crop: 64, num_workers: 0, val_fraction: 0.2}}\nloss: {{{loss}}}\n"
     )
+    arms = {
+        "off": "swap_negatives: false",
+        "location": "swap_negatives: true",
+        "finding": "swap_negatives: true, swap_kind: finding",
+    }
     results = {}
-    for on in ("false", "true"):
-        path = tmp_path / f"{on}.yaml"
-        path.write_text(config.format(on=on))
-        results[on] = train(tmp_path / "data", tmp_path / on, config=path, epochs=1, seed=0, save_every=0, progress=False)
+    for arm, loss in arms.items():
+        path = tmp_path / f"{arm}.yaml"
+        path.write_text(config.format(loss=loss))
+        results[arm] = train(tmp_path / "data", tmp_path / arm, config=path, epochs=1, seed=0, save_every=0, progress=False)
     assert all(math.isfinite(h["train_loss"]) for r in results.values() for h in r.history)
-    # Same seed, same crops: only the negatives differ, so the training losses differ.
-    assert results["true"].history[0]["train_loss"] != results["false"].history[0]["train_loss"]
+    from afloc_models.config import AFLocConfig
+
+    saved = AFLocConfig.from_yaml(results["finding"].checkpoint / "config.yaml")
+    assert saved.loss.swap_negatives and saved.loss.swap_kind == "finding"
+    first = {arm: r.history[0]["train_loss"] for arm, r in results.items()}
+    assert len(set(first.values())) == 3, first
