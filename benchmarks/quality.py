@@ -157,7 +157,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.checkpoint is None:  # scoring a given checkpoint needs no training set
         wanted.insert(0, (train_dir, args.n_train, args.train_seed, args.style, args.real_fraction))
     for folder, n, seed, style, real in wanted:
-        if not _phantoms_ready(folder, n, seed, args.size, style, real):
+        differs = _phantoms_differ(folder, n, seed, args.size, style, real)
+        if differs:
+            # Only the phantom files and ground_truth/ are replaced (afloc-phantoms --overwrite).
+            logging.info("%s: %s; writing the phantoms this run asks for", folder, differs)
             write_phantom_datastore(folder, n, seed, size=args.size, overwrite=True, workers=args.workers,
                                     style=style, real_fraction=real)
     base = load_config(args.config)
@@ -316,17 +319,23 @@ def grid_ceiling(test_dir: Path, config: AFLocConfig, size: int) -> dict[str, An
     return {"cells": cells, "per_finding": per, "mean": round(float(np.mean(list(per.values()))), 3)}
 
 
-def _phantoms_ready(folder: Path, n: int, seed: int, size: int, style: str, real_fraction: float) -> bool:
+def _phantoms_differ(folder: Path, n: int, seed: int, size: int, style: str, real_fraction: float) -> Optional[str]:
+    """None when ``folder`` already holds the phantom set these arguments write, else what differs
+    in words (e.g. "it holds real_fraction 0.6, this run asks for 0.3"), so a replaced set is
+    never a silent surprise."""
     manifest = folder / "ground_truth" / "manifest.json"
     if not manifest.is_file():
-        return False
+        return "no phantom set there yet"
     try:
         info = json.loads(manifest.read_text())
     except ValueError:
-        return False
+        return "its ground_truth/manifest.json is not valid JSON"
     wanted_real = real_fraction if info.get("real_backgrounds") else 0.0
-    return (info.get("n"), info.get("seed"), info.get("size"), info.get("style", "plain"),
-            float(info.get("real_fraction", 0.0))) == (n, seed, size, style, float(wanted_real))
+    have = {"n": info.get("n"), "seed": info.get("seed"), "size": info.get("size"),
+            "style": info.get("style", "plain"), "real_fraction": float(info.get("real_fraction", 0.0))}
+    want = {"n": n, "seed": seed, "size": size, "style": style, "real_fraction": float(wanted_real)}
+    changed = [f"{key} {have[key]} (this run: {want[key]})" for key in want if have[key] != want[key]]
+    return "it holds phantoms with " + ", ".join(changed) if changed else None
 
 
 def _with_loss(config: AFLocConfig, **weights: float) -> AFLocConfig:

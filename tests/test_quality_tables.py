@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from afloc_models.config import preset
-from benchmarks.quality import _infer_sizes, generalization_targets, parse_args, side_by_side
+from benchmarks.quality import _infer_sizes, _phantoms_differ, generalization_targets, parse_args, side_by_side
 
 
 def _metrics(pg: float, cnr: float, per: dict[str, tuple[int, float]]) -> dict:
@@ -96,3 +96,20 @@ def test_bad_reading_sizes_are_refused_by_name(capsys):
         with pytest.raises(SystemExit):
             parse_args(["--work", "w", "--infer-sizes", bad])
         assert "--infer-sizes must be a comma list" in capsys.readouterr().err
+
+
+def test_a_phantom_set_written_otherwise_is_named_before_it_is_replaced(tmp_path):
+    from afloc_training.phantoms import write_phantom_datastore
+
+    folder = tmp_path / "train"
+    assert _phantoms_differ(folder, 4, 1, 64, "plain", 0.0) == "no phantom set there yet"
+    write_phantom_datastore(folder, 4, 1, size=64, style="plain", real_fraction=0.0)
+    assert _phantoms_differ(folder, 4, 1, 64, "plain", 0.0) is None
+    # No real backgrounds were found, so any asked share is what that folder can hold.
+    manifest = folder / "ground_truth" / "manifest.json"
+    if '"real_backgrounds": 0' in manifest.read_text():
+        assert _phantoms_differ(folder, 4, 1, 64, "plain", 0.6) is None
+    said = _phantoms_differ(folder, 5, 2, 64, "varied", 0.0)
+    assert said == "it holds phantoms with n 4 (this run: 5), seed 1 (this run: 2), style plain (this run: varied)"
+    manifest.write_text("{")
+    assert "not valid JSON" in _phantoms_differ(folder, 4, 1, 64, "plain", 0.0)
