@@ -123,9 +123,10 @@ class LossConfig:
     #: (Triton kernels, CUDA only; opt-in: 2.7x slower than chunked on an H200 at the publication's
     #: shape, docs/benchmarks.md). Same numbers either way (tests/test_fused_local_loss.py).
     local_impl: str = "auto"
-    #: Each training report also gives a copy with its sides (or zones) exchanged, scored as an
-    #: extra negative for every image at all three levels (afloc_training.location_swap): a hard
-    #: negative that differs from the true report only in where the finding is.
+    #: Each training report also gives a swapped copy (``swap_kind``: its sides or zones
+    #: exchanged, or one finding renamed), scored as an extra negative for every image at all
+    #: three levels: a hard negative that differs from the true report only in where, or only in
+    #: what, the finding is.
     swap_negatives: bool = False
     #: What a swapped copy exchanges (:data:`SWAP_KINDS`): ``location`` (sides or zones,
     #: :mod:`afloc_training.location_swap`) or ``finding`` (one named finding renamed as one the
