@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from afloc_models.config import DataConfig
+from afloc_models.config import SWAP_KINDS, DataConfig
 from afloc_models.errors import AFLocError, EmptyReportError, ImageReadError
 from afloc_models.imaging import letterbox, read_image, to_grayscale
 from afloc_models.intensity import equalize_content
@@ -457,8 +457,8 @@ class PairDataset(Dataset):
         self.train = train
         self.seed = seed
         kind = "location" if negatives is True else (negatives or None)
-        if kind not in (None, "location", "finding"):
-            raise AFLocError(f"negatives must be 'location', 'finding', True, False or None; got {negatives!r}")
+        if kind is not None and kind not in SWAP_KINDS:
+            raise AFLocError(f"negatives must be one of {', '.join(SWAP_KINDS)}, True, False or None; got {negatives!r}")
         #: What training items' negative copies exchange (None: no copies).
         self.negative_kind: Optional[str] = kind if train else None
         self.negatives = self.negative_kind is not None
