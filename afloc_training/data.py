@@ -461,8 +461,12 @@ class PairDataset(Dataset):
             raise AFLocError(f"negatives must be one of {', '.join(SWAP_KINDS)}, True, False or None; got {negatives!r}")
         #: What training items' negative copies exchange (None: no copies).
         self.negative_kind: Optional[str] = kind if train else None
-        self.negatives = self.negative_kind is not None
         self.epoch = 0
+
+    @property
+    def negatives(self) -> bool:
+        """Whether training items carry a swapped copy of their report."""
+        return self.negative_kind is not None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -23,9 +23,10 @@ import numpy as np
 
 __all__ = ["FINDING_CUES", "FINDING_TERMS", "REPLACEMENTS", "findings_named", "swap_finding"]
 
-#: The words that name each finding in a normalised report (singular and plural, common synonyms).
+#: The words that name each finding in a normalised report (singular and plural, common synonyms);
+#: the first is the word a swapped report uses for the finding.
 FINDING_TERMS: dict[str, tuple[str, ...]] = {
-    "opacity": ("opacity", "opacities", "consolidation", "consolidations", "pneumonia", "infiltrate", "infiltrates"),
+    "opacity": ("consolidation", "consolidations", "opacity", "opacities", "pneumonia", "infiltrate", "infiltrates"),
     "nodule": ("nodule", "nodules", "nodular", "mass", "masses"),
     "effusion": ("effusion", "effusions"),
     "pneumothorax": ("pneumothorax", "pneumothoraces"),
@@ -35,15 +36,7 @@ FINDING_TERMS: dict[str, tuple[str, ...]] = {
 }
 
 #: The word a swapped report uses for each finding.
-REPLACEMENTS: dict[str, str] = {
-    "opacity": "consolidation",
-    "nodule": "nodule",
-    "effusion": "effusion",
-    "pneumothorax": "pneumothorax",
-    "atelectasis": "atelectasis",
-    "edema": "edema",
-    "cardiomegaly": "cardiomegaly",
-}
+REPLACEMENTS: dict[str, str] = {finding: terms[0] for finding, terms in FINDING_TERMS.items()}
 
 #: Wordings that state a finding without one of its terms ("the heart is enlarged"): all the
 #: words of one tuple in one sentence. They are never renamed, but a report that states a
@@ -57,20 +50,23 @@ FINDING_CUES: dict[str, tuple[tuple[str, ...], ...]] = {
 _FINDING_OF = {word: finding for finding, words in FINDING_TERMS.items() for word in words}
 
 
-def _termed(sentences: Sequence[str]) -> set[str]:
-    return {_FINDING_OF[w] for sentence in sentences for w in sentence.split() if w in _FINDING_OF}
+def _termed_and_cued(sentences: Sequence[str]) -> tuple[set[str], set[str]]:
+    """The findings ``sentences`` name by a term, and those they state by a cue, each sentence
+    split once."""
+    termed: set[str] = set()
+    cued: set[str] = set()
+    for sentence in sentences:
+        words = set(sentence.split())
+        termed.update(_FINDING_OF[w] for w in words if w in _FINDING_OF)
+        cued.update(f for f, cues in FINDING_CUES.items() if any(all(w in words for w in cue) for cue in cues))
+    return termed, cued
 
 
 def findings_named(sentences: Sequence[str]) -> list[str]:
     """The findings that ``sentences`` state, by a term of :data:`FINDING_TERMS` or a wording of
     :data:`FINDING_CUES`, in table order."""
-    named = _termed(sentences)
-    for finding, cues in FINDING_CUES.items():
-        for sentence in sentences:
-            words = set(sentence.split())
-            if any(all(w in words for w in cue) for cue in cues):
-                named.add(finding)
-    return [finding for finding in FINDING_TERMS if finding in named]
+    termed, cued = _termed_and_cued(sentences)
+    return [finding for finding in FINDING_TERMS if finding in termed | cued]
 
 
 def swap_finding(sentences: Sequence[str], rng: np.random.Generator) -> Optional[tuple[str, ...]]:
@@ -81,12 +77,12 @@ def swap_finding(sentences: Sequence[str], rng: np.random.Generator) -> Optional
     is replaced, in every sentence, so the copy does not also state it by name. None when no
     finding is named by a term or the report states every finding.
     """
-    named = findings_named(sentences)
-    termed = [finding for finding in named if finding in _termed(sentences)]
-    unnamed = [finding for finding in FINDING_TERMS if finding not in named]
-    if not termed or not unnamed:
+    termed, cued = _termed_and_cued(sentences)
+    renamable = [finding for finding in FINDING_TERMS if finding in termed]
+    unnamed = [finding for finding in FINDING_TERMS if finding not in termed | cued]
+    if not renamable or not unnamed:
         return None
-    source = termed[int(rng.integers(len(termed)))]
+    source = renamable[int(rng.integers(len(renamable)))]
     target = REPLACEMENTS[unnamed[int(rng.integers(len(unnamed)))]]
     words = FINDING_TERMS[source]
     return tuple(" ".join(target if w in words else w for w in sentence.split()) for sentence in sentences)

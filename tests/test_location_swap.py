@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from afloc_models.config import AFLocConfig
 from afloc_models.losses import global_loss, local_loss
 from afloc_training.data import PairDataset, ReportCollate
 from afloc_training.location_swap import swap_location
@@ -124,8 +125,6 @@ def test_training_with_swapped_negatives_runs_and_differs(tmp_path):
         path.write_text(config.format(loss=loss))
         results[arm] = train(tmp_path / "data", tmp_path / arm, config=path, epochs=1, seed=0, save_every=0, progress=False)
     assert all(math.isfinite(h["train_loss"]) for r in results.values() for h in r.history)
-    from afloc_models.config import AFLocConfig
-
     saved = AFLocConfig.from_yaml(results["finding"].checkpoint / "config.yaml")
     assert saved.loss.swap_negatives and saved.loss.swap_kind == "finding"
     first = {arm: r.history[0]["train_loss"] for arm, r in results.items()}
