@@ -92,6 +92,11 @@ class ImageEncoderConfig:
     #: ``zeros`` in every preset: ``replicate`` lost the maps' vertical placement for one of two
     #: seeds of ``small`` (docs/quality-log.md, nineteenth session).
     padding: str = "zeros"
+    #: Start every residual block as the identity: the last batch norm of each block begins with
+    #: a scale of 0, so early training passes the stem's features straight through and the
+    #: blocks grow in (Goyal et al. 2017, "Accurate, large minibatch SGD", section 5.1; the
+    #: ``zero_init_residual`` of torchvision's ResNet). ``False`` (as published) in every preset.
+    zero_init_residual: bool = False
 
 
 @dataclass

@@ -65,7 +65,9 @@ class ImageEncoder(nn.Module):
         self.local_stage = config.local_stage
         self.in_channels = config.in_channels
         self.working_size = int(config.working_size)
-        self.backbone = builders[config.arch](in_channels=config.in_channels, base_width=config.base_width)
+        self.backbone = builders[config.arch](
+            in_channels=config.in_channels, base_width=config.base_width, zero_init_residual=config.zero_init_residual
+        )
         if config.deep_stride == 8:
             _dilate_stage(self.backbone.layer3)
         if config.padding not in PADDINGS:

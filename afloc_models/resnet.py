@@ -38,6 +38,11 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The batch norm just before the residual sum."""
+        return self.bn2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -61,6 +66,11 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The batch norm just before the residual sum."""
+        return self.bn3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -78,6 +88,9 @@ class ResNet(nn.Module):
         in_channels: channels of the input image.
         base_width: planes of the stem and the first stage (64 as published); stages 2-4 double
             it each time, so 32 gives a network of a quarter of the compute.
+        zero_init_residual: start each block's last batch-norm scale at 0 so every block begins
+            as the identity. It draws no random numbers, so the other weights are the same
+            either way for one seed.
     """
 
     def __init__(
@@ -86,6 +99,7 @@ class ResNet(nn.Module):
         layers: tuple[int, int, int, int],
         in_channels: int = 3,
         base_width: int = 64,
+        zero_init_residual: bool = False,
     ):
         super().__init__()
         w = int(base_width)
@@ -105,6 +119,10 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(module.last_bn.weight)
 
     def _stage(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
@@ -122,11 +140,11 @@ class ResNet(nn.Module):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
-def resnet18(in_channels: int = 3, base_width: int = 64) -> ResNet:
+def resnet18(in_channels: int = 3, base_width: int = 64, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18: basic blocks, (2, 2, 2, 2) per stage, ``8 * base_width`` (512) output channels."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, base_width)
+    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels, base_width, zero_init_residual)
 
 
-def resnet50(in_channels: int = 3, base_width: int = 64) -> ResNet:
+def resnet50(in_channels: int = 3, base_width: int = 64, zero_init_residual: bool = False) -> ResNet:
     """ResNet-50: bottleneck blocks, (3, 4, 6, 3) per stage, ``32 * base_width`` (2048) output channels."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, base_width)
+    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels, base_width, zero_init_residual)

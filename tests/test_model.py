@@ -416,3 +416,33 @@ def test_replicate_padding_gives_the_edge_cells_no_cue_of_where_they_are():
         assert float(zeros(torch.ones(1, 1, 128, 128)).deep.std(dim=(2, 3)).max()) > 1e-2
     with pytest.raises(ConfigError, match="image.padding must be one of zeros, replicate"):
         ImageEncoder(dataclasses.replace(config.image, padding="reflect"), 32)
+
+
+def test_zero_init_residual_starts_every_block_as_the_identity_and_keeps_the_other_weights():
+    from afloc_models.resnet import BasicBlock, Bottleneck
+
+    for arch, block_type in (("resnet18", BasicBlock), ("resnet50", Bottleneck)):
+        plain = dataclasses.replace(preset("small").image, arch=arch, base_width=8)
+        torch.manual_seed(3)
+        reference = ImageEncoder(plain, 16).train()
+        torch.manual_seed(3)
+        zeroed = ImageEncoder(dataclasses.replace(plain, zero_init_residual=True), 16).train()
+        blocks = [m for m in zeroed.backbone.modules() if isinstance(m, block_type)]
+        assert blocks and all(float(b.last_bn.weight.abs().max()) == 0.0 for b in blocks)
+        # Same random draws: every parameter but those scales is identical to the plain encoder's.
+        scales = {f"backbone.{name}.last_bn.weight" for name, m in zeroed.backbone.named_modules() if m in blocks}
+        last_bn_names = {n.replace("last_bn", "bn2" if block_type is BasicBlock else "bn3") for n in scales}
+        for name, value in zeroed.state_dict().items():
+            if name not in last_bn_names:
+                torch.testing.assert_close(value, reference.state_dict()[name], msg=name)
+        # A block without a downsample then returns relu(input): the identity on the stem's
+        # non-negative output.
+        block = zeroed.backbone.layer1[1]
+        x = torch.relu(torch.randn(2, block.last_bn.num_features, 8, 8))
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), x)
+    # The blocks still learn: the zeroed scales get gradients.
+    images = torch.randn(2, 1, 64, 64)
+    zeroed.backbone.layer4[0].last_bn.weight.grad = None
+    zeroed(images).global_.sum().backward()
+    assert float(zeroed.backbone.layer4[0].last_bn.weight.grad.abs().sum()) > 0
