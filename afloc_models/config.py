@@ -197,7 +197,9 @@ class OptimConfig:
     cpu_precision: str = "fp32"
     #: Steps this recipe needed before its maps formed, as measured (docs/training.md). A run that
     #: its time budget (``max_minutes``) stops earlier warns that its maps may be unformed: a
-    #: slower or shared machine trains fewer steps in the same minutes. 0: no such warning.
+    #: slower or shared machine trains fewer steps in the same minutes. It is also the least a
+    #: run plans when given neither epochs nor a step budget (``small``: 12 epochs of 2,000
+    #: phantoms are 708 steps; the recipe plans 1,300). 0: no such warning or floor.
     min_useful_steps: int = 0
     #: Decay of an exponential moving average of the trained weights
     #: (:mod:`afloc_training.weight_average`): validation and the saved checkpoint use the

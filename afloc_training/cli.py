@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="checkpoint folder to write (loadable at any time during training)")
     parser.add_argument("--config", default=None, help="preset (small, publication, published) or YAML file; default small")
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="total epochs (default: the config's)")
+    parser.add_argument("--epochs", type=_positive_int, default=None, help="total epochs (default: the config's, or more to reach its optim.min_useful_steps)")
     parser.add_argument("--max-steps", type=_positive_int, default=None, help="total optimiser steps (global batches)")
     parser.add_argument("--max-minutes", type=_positive_float, default=None, help="stop and save after this much time; the cosine schedule ends then")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")

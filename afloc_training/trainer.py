@@ -170,7 +170,8 @@ def train(
         out: checkpoint folder. Must not hold anything yet unless ``resume`` is set.
         config: preset name, YAML path or :class:`AFLocConfig`. None means ``small`` for a fresh
             run, the checkpoint's own config with ``init_from`` or ``resume``.
-        epochs: total epochs (default ``config.optim.epochs``).
+        epochs: total epochs (default ``config.optim.epochs``, raised to reach
+            ``optim.min_useful_steps`` when ``max_steps`` is not given either).
         max_steps: total global batches; the cosine schedule then ends there.
         max_minutes: stop (and save) after this much training time in this call; the cosine
             schedule then also ends at this deadline (or at the planned steps, if sooner).
@@ -625,10 +626,25 @@ class _Run:
         self.per_rank = batch // world
 
     def _plan_length(self, epochs: Optional[int], max_steps: Optional[int]) -> tuple[int, int]:
+        """(epochs, steps) the run plans; the cosine schedule ends at the steps (or a deadline).
+
+        With neither ``epochs`` nor ``max_steps`` given, the config's epochs are planned, but never
+        fewer steps than ``optim.min_useful_steps``: ``small``'s 12 epochs of 2,000 phantoms are
+        708 steps, short of the 1,300 its maps were measured to need.
+        """
         if max_steps is not None and epochs is None:
             return math.ceil(max_steps / self.steps_per_epoch), max_steps
         n_epochs = epochs if epochs is not None else self.config.optim.epochs
         total = n_epochs * self.steps_per_epoch
+        floor = self.config.optim.min_useful_steps
+        if epochs is None and max_steps is None and total < floor:
+            if self.ctx.is_main:
+                logger.info(
+                    "planning %d steps (optim.min_useful_steps, where this recipe's maps were measured to "
+                    "form) rather than the config's %d epochs (%d steps); --epochs or --max-steps set the "
+                    "length", floor, n_epochs, total,
+                )
+            return math.ceil(floor / self.steps_per_epoch), floor
         return n_epochs, total if max_steps is None else min(total, max_steps)
 
     def _freeze_unused(self) -> None:

@@ -461,3 +461,19 @@ def test_token_cache_budget_grows_with_the_gpu(monkeypatch):
     assert trainer_module.token_cache_bytes(torch.device("cpu")) == 2 * gib
     monkeypatch.setattr(trainer_module, "TOKEN_CACHE_BYTES", 0)  # a disabled cache stays disabled
     assert trainer_module.token_cache_bytes(torch.device("cuda")) == 0
+
+
+def test_a_run_without_a_length_plans_at_least_the_recipe_s_useful_steps(workspace, tmp_path, caplog):
+    """``small``'s 12 epochs of 2,000 phantoms are 708 steps; ``afloc-train --max-minutes 15``
+    must train the 1,300 (``optim.min_useful_steps``) the recipe was measured with. An explicit
+    ``epochs`` or ``max_steps`` is the caller's choice and is kept."""
+    config = tmp_path / "floor.yaml"
+    config.write_text(TINY.format(text_lr_scale=0.0).replace("text_lr_scale: 0.0}", "text_lr_scale: 0.0, epochs: 1, min_useful_steps: 5}"))
+    common = dict(config=str(config), seed=0, save_every=0, progress=False, log_dir=tmp_path / "tb")
+    with caplog.at_level("INFO", logger="afloc.training"):
+        floored = train(workspace / "data", tmp_path / "floored", max_minutes=5, **common)
+    assert floored.stopped == "completed" and floored.steps == 5 and floored.warnings == []
+    assert any("planning 5 steps (optim.min_useful_steps" in r.getMessage() for r in caplog.records)
+    one_epoch = train(workspace / "data", tmp_path / "one_epoch", epochs=1, **common)
+    assert one_epoch.steps == 2  # 9 training pairs, batch 4, the last part-batch dropped
+    assert train(workspace / "data", tmp_path / "three", max_steps=3, **common).steps == 3
