@@ -95,7 +95,10 @@ class ImageEncoderConfig:
     #: Start every residual block as the identity: the last batch norm of each block begins with
     #: a scale of 0, so early training passes the stem's features straight through and the
     #: blocks grow in (Goyal et al. 2017, "Accurate, large minibatch SGD", section 5.1; the
-    #: ``zero_init_residual`` of torchvision's ResNet). ``False`` (as published) in every preset.
+    #: ``zero_init_residual`` of torchvision's ResNet). ``False`` (as published) in every preset:
+    #: on ``small`` it slowed the fit (validation loss 8.56 against 6.92 at 1,300 steps) without
+    #: making a half-formed seed's maps reach the recipe's on real radiographs (one seed;
+    #: docs/quality-log.md, twenty-second session).
     zero_init_residual: bool = False
 
 
