@@ -430,8 +430,9 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_keeps_the_oth
         blocks = [m for m in zeroed.backbone.modules() if isinstance(m, block_type)]
         assert blocks and all(float(b.last_bn.weight.abs().max()) == 0.0 for b in blocks)
         # Same random draws: every parameter but those scales is identical to the plain encoder's.
-        scales = {f"backbone.{name}.last_bn.weight" for name, m in zeroed.backbone.named_modules() if m in blocks}
-        last_bn_names = {n.replace("last_bn", "bn2" if block_type is BasicBlock else "bn3") for n in scales}
+        last_bns = {id(b.last_bn) for b in blocks}
+        last_bn_names = {f"{name}.weight" for name, m in zeroed.named_modules() if id(m) in last_bns}
+        assert len(last_bn_names) == len(blocks)
         for name, value in zeroed.state_dict().items():
             if name not in last_bn_names:
                 torch.testing.assert_close(value, reference.state_dict()[name], msg=name)
